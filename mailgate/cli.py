@@ -1,0 +1,536 @@
+"""The `mailgate` command. Thin: parses arguments, calls services, prints results.
+
+Exit codes follow sysexits (DESIGN §3): 0 ok, 64 usage, 65 bad data, 75 try again, 78 config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgate import config as config_mod
+from mailgate import views
+from mailgate.app import App
+from mailgate.clock import FixedClock, parse_iso
+from mailgate.db.engine import is_unavailable, transaction
+from mailgate.db.migrate import SchemaOutdated, current_revision, head_revision, upgrade
+from mailgate.db.models import Agent, Editor, Inbound, Outbox, Site, Ticket
+from mailgate.mail.references import parse_ref
+from mailgate.tickets import registry
+
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 66, 75, 78
+
+
+class Fail(click.ClickException):
+    """An error with its sysexits code, printed without a traceback."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def _app(ctx: click.Context, clock_at: str | None = None) -> App:
+    path = ctx.obj["config_path"]
+    try:
+        settings = config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        raise Fail(f"configuration error: {exc}", EX_CONFIG) from exc
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = App(settings)
+    if clock_at:
+        app.clock = FixedClock(parse_iso(clock_at))
+    ctx.call_on_close(app.close)
+    return app
+
+
+@contextmanager
+def _tx(app: App) -> Iterator[Session]:
+    try:
+        with transaction(app.sessions) as session:
+            yield session
+    except registry.RegistryError as exc:
+        raise Fail(str(exc), EX_DATAERR) from exc
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise Fail(f"storage unavailable: {str(exc).splitlines()[0]}", EX_TEMPFAIL) from exc
+        raise
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text(data))
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i][:60]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v[:60].ljust(w) for v, w in zip(row, widths, strict=True))
+              for row in cells]
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="MAILGATE_CONFIG", type=click.Path(),
+              help="TOML config file (default: $MAILGATE_CONFIG, else built-in defaults).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """mailgate: e-mail in, Service Desk tickets out."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+@cli.command("check-config")
+@click.pass_context
+def check_config(ctx: click.Context) -> None:
+    """Validate the config and print the effective settings (secrets masked)."""
+    app = _app(ctx)
+    click.echo(json.dumps(config_mod.masked(app.settings), indent=2))
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Migrate the database to the schema this mailgate needs."""
+    app = _app(ctx)
+    try:
+        before, after = upgrade(app.engine)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise Fail(f"storage unavailable: {str(exc).splitlines()[0]}", EX_TEMPFAIL) from exc
+        raise
+    click.echo(f"database at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@db.command("status")
+@click.pass_context
+def db_status(ctx: click.Context) -> None:
+    """Show the schema revision of the database and the one the code needs."""
+    app = _app(ctx)
+    click.echo(f"database: {current_revision(app.engine) or 'empty'}; code: {head_revision()}")
+
+
+@cli.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the daemon: SMTP listener, IMAP pollers, worker, sender, sweeps."""
+    from mailgate.daemon import Daemon
+
+    app = _app(ctx)
+    try:
+        asyncio.run(Daemon(app).run())
+    except SchemaOutdated as exc:
+        raise Fail(str(exc), EX_CONFIG) from exc
+    except OSError as exc:
+        raise Fail(f"cannot start: {exc}", EX_CONFIG if exc.errno else EX_TEMPFAIL) from exc
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise Fail(f"storage unavailable at start: {str(exc).splitlines()[0]}",
+                       EX_TEMPFAIL) from exc
+        raise
+
+
+@cli.command()
+@click.option("--sender", "-f", default=None, help="Envelope sender (else $SENDER).")
+@click.option("--recipient", "-r", multiple=True, help="Envelope recipient (else $RECIPIENT).")
+@click.pass_context
+def deliver(ctx: click.Context, sender: str | None, recipient: tuple[str, ...]) -> None:
+    """Store one message from standard input (MTA pipe transport)."""
+    from mailgate.inbound.pipe import deliver as do_deliver
+
+    app = _app(ctx)
+    try:
+        code, stored, error = do_deliver(app, sys.stdin.buffer, sender,
+                                         list(recipient) if recipient else None)
+    except OSError as exc:
+        code, stored, error = EX_TEMPFAIL, None, f"storage unavailable: {exc}"
+    if code != EX_OK:
+        raise Fail(error, code)
+    assert stored is not None
+    click.echo(f"stored as inbound {stored.inbound_id}"
+               + (" (duplicate, already stored)" if stored.duplicate else ""))
+
+
+@cli.command()
+@click.option("--now", "now", default=None, help="Run as of this ISO 8601 time (default: now).")
+@click.pass_context
+def tick(ctx: click.Context, now: str | None) -> None:
+    """Process pending mail, run due sweeps once, flush the outbox, exit."""
+    from mailgate.outbound import sender
+    from mailgate.worker import process_pending
+
+    try:
+        app = _app(ctx, now)
+    except ValueError as exc:
+        raise Fail(f"--now: {exc}", EX_USAGE) from exc
+    try:
+        from mailgate.db.migrate import require_current
+
+        require_current(app.engine)
+        total = processed = 0
+        while True:
+            result = process_pending(app)
+            processed += result.processed
+            if result.stopped_by_outage:
+                raise Fail("storage unavailable while processing", EX_TEMPFAIL)
+            if result.processed < app.settings.worker.batch_size:
+                break
+        flushed = sender.flush(app.sessions, app.clock, app.settings.outbound, app.transport)
+        total = flushed.sent
+    except SchemaOutdated as exc:
+        raise Fail(str(exc), EX_CONFIG) from exc
+    except Fail:
+        raise
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise Fail(f"storage unavailable: {str(exc).splitlines()[0]}", EX_TEMPFAIL) from exc
+        raise
+    click.echo(f"processed {processed} inbound; sent {total}, "
+               f"retrying {flushed.retrying}, failed {flushed.failed}")
+
+
+# --- tickets -------------------------------------------------------------------------------
+
+@cli.group()
+def tickets() -> None:
+    """Look at tickets."""
+
+
+@tickets.command("list")
+@click.option("--state", default=None, help="Only tickets in this state.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def tickets_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        stmt = select(Ticket).order_by(Ticket.number)
+        if state:
+            stmt = stmt.where(Ticket.state == state)
+        rows = [views.ticket_summary(t) for t in session.execute(stmt).scalars()]
+    _emit(rows, as_json, lambda r: _table(r, ["ref", "state", "site_id", "requester",
+                                              "created_at", "subject"]))
+
+
+def _ticket_text(t: dict[str, Any]) -> str:
+    lines = [f"{t['ref']}  {t['subject']}",
+             f"  state {t['state']}  priority {t['priority']}  kind {t['kind']}  "
+             f"site {t['site_id'] or '-'}",
+             f"  requester {t['requester_name']} <{t['requester']}>",
+             f"  created {t['created_at']}  first response due {t['first_response_due']}"]
+    if t["linked_to"]:
+        lines.append(f"  linked to {t['linked_to']}")
+    for m in t["messages"]:
+        arrow = "<-" if m["direction"] == "in" else "->"
+        lines.append(f"\n{arrow} {m['created_at']} {m['kind']} from {m['from']} "
+                     f"to {', '.join(m['to'])}")
+        lines.append(f"   Subject: {m['subject']}")
+        lines.extend(f"   | {ln}" for ln in (m["body"] or "").splitlines()[:40])
+        lines.extend(f"   [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)"
+                     for a in m["attachments"])
+    return "\n".join(lines)
+
+
+@tickets.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def tickets_show(ctx: click.Context, ref: str, as_json: bool) -> None:
+    app = _app(ctx)
+    parsed = parse_ref(app.settings.desk.ticket_prefix, ref)
+    with _tx(app) as session:
+        ticket = session.execute(select(Ticket).where(
+            Ticket.ref == str(parsed))).scalar_one_or_none() if parsed else None
+        if ticket is None:
+            raise Fail(f"no ticket {ref}", EX_NOINPUT)
+        data = views.ticket_detail(session, ticket)
+    _emit(data, as_json, _ticket_text)
+
+
+# --- inbound, quarantine, outbox -----------------------------------------------------------
+
+@cli.group()
+def inbound() -> None:
+    """Every stored mail and what became of it."""
+
+
+def _inbound_rows(app: App, status: str | None) -> list[dict[str, Any]]:
+    with _tx(app) as session:
+        stmt = select(Inbound).order_by(Inbound.id)
+        if status:
+            stmt = stmt.where(Inbound.status == status)
+        return [views.inbound_summary(r) for r in session.execute(stmt).scalars()]
+
+
+_INBOUND_COLS = ["id", "received_at", "channel", "status", "ticket", "message_id", "reason"]
+
+
+@inbound.command("list")
+@click.option("--status", default=None,
+              help="pending, ticket, ignored, refused or quarantined.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def inbound_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
+    _emit(_inbound_rows(_app(ctx), status), as_json, lambda r: _table(r, _INBOUND_COLS))
+
+
+def _inbound_text(d: dict[str, Any]) -> str:
+    lines = [f"inbound {d['id']}: {d['status']}" + (f" -> {d['ticket']}" if d["ticket"] else ""),
+             f"  message-id {d['message_id']}", f"  channel {d['channel']}  received "
+             f"{d['received_at']}  processed {d['processed_at']}  attempts {d['attempts']}",
+             f"  envelope {d['envelope_from']} -> {', '.join(d['envelope_to'])}",
+             f"  kind {d['kind'] or '-'}  reason {d['reason'] or '-'}", "  decision trail:"]
+    lines += [f"    {i}. {s['rule']}: {s['result']}" + (f" — {s['reason']}" if s.get("reason")
+                                                        else "")
+              for i, s in enumerate(d["trail"], 1)] or ["    (not processed yet)"]
+    return "\n".join(lines)
+
+
+def _show_inbound(app: App, inbound_id: int, as_json: bool, raw: bool) -> None:
+    with _tx(app) as session:
+        row = session.get(Inbound, inbound_id)
+        if row is None:
+            raise Fail(f"no inbound {inbound_id}", EX_NOINPUT)
+        if raw:
+            sys.stdout.buffer.write(row.raw)
+            return
+        data = views.inbound_detail(row)
+    _emit(data, as_json, _inbound_text)
+
+
+@inbound.command("show")
+@click.argument("inbound_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.option("--raw", is_flag=True, help="Print the raw message as stored.")
+@click.pass_context
+def inbound_show(ctx: click.Context, inbound_id: int, as_json: bool, raw: bool) -> None:
+    _show_inbound(_app(ctx), inbound_id, as_json, raw)
+
+
+@cli.group()
+def quarantine() -> None:
+    """Mail that could not be processed, with the reason."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def quarantine_list(ctx: click.Context, as_json: bool) -> None:
+    _emit(_inbound_rows(_app(ctx), "quarantined"), as_json, lambda r: _table(r, _INBOUND_COLS))
+
+
+@quarantine.command("show")
+@click.argument("inbound_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.option("--raw", is_flag=True, help="Print the raw message as stored.")
+@click.pass_context
+def quarantine_show(ctx: click.Context, inbound_id: int, as_json: bool, raw: bool) -> None:
+    _show_inbound(_app(ctx), inbound_id, as_json, raw)
+
+
+@quarantine.command("replay")
+@click.argument("inbound_id", type=int, required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every quarantined mail.")
+@click.pass_context
+def quarantine_replay(ctx: click.Context, inbound_id: int | None, replay_all: bool) -> None:
+    """Feed quarantined mail back to the worker (after a fix)."""
+    from mailgate.worker import replay
+
+    if (inbound_id is None) == (not replay_all):
+        raise Fail("give one ID or --all", EX_USAGE)
+    app = _app(ctx)
+    with _tx(app) as session:
+        count = replay(session, app.clock, inbound_id)
+    if inbound_id is not None and not count:
+        raise Fail(f"inbound {inbound_id} is not quarantined", EX_NOINPUT)
+    click.echo(f"{count} mail(s) back to pending; `mailgate tick` or the daemon processes them")
+
+
+@cli.group()
+def outbox() -> None:
+    """Outgoing mail and its delivery state."""
+
+
+@outbox.command("list")
+@click.option("--status", default=None, help="pending, sent or failed.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def outbox_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        stmt = select(Outbox).order_by(Outbox.id)
+        if status:
+            stmt = stmt.where(Outbox.status == status)
+        rows = [views.outbox_row(o) for o in session.execute(stmt).scalars()]
+    _emit(rows, as_json, lambda r: _table(r, ["id", "kind", "status", "to", "attempts",
+                                              "next_attempt_at", "subject", "last_error"]))
+
+
+@outbox.command("retry")
+@click.argument("outbox_id", type=int, required=False)
+@click.pass_context
+def outbox_retry(ctx: click.Context, outbox_id: int | None) -> None:
+    """Make failed or waiting outgoing mail due now."""
+    from mailgate.outbound.sender import retry
+
+    app = _app(ctx)
+    with _tx(app) as session:
+        count = retry(session, app.clock, outbox_id)
+    click.echo(f"{count} outgoing mail(s) due now")
+
+
+# --- sites, editors, agents ----------------------------------------------------------------
+
+@cli.group()
+def sites() -> None:
+    """Websites (4-digit site IDs)."""
+
+
+@sites.command("add")
+@click.argument("site_id")
+@click.argument("name")
+@click.pass_context
+def sites_add(ctx: click.Context, site_id: str, name: str) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        registry.add_site(session, site_id, name, app.clock.now())
+    click.echo(f"site {site_id} added")
+
+
+@sites.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def sites_list(ctx: click.Context, as_json: bool) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        rows = [views.site_row(s) for s in
+                session.execute(select(Site).order_by(Site.site_id)).scalars()]
+    _emit(rows, as_json, lambda r: _table(
+        [{**x, "editors": ", ".join(x["editors"])} for x in r], ["site_id", "name", "editors"]))
+
+
+@sites.command("remove")
+@click.argument("site_id")
+@click.pass_context
+def sites_remove(ctx: click.Context, site_id: str) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        registry.remove_site(session, site_id)
+    click.echo(f"site {site_id} removed")
+
+
+@cli.group()
+def editors() -> None:
+    """Registered editors (at most three per site)."""
+
+
+@editors.command("add")
+@click.argument("site_id")
+@click.argument("email")
+@click.option("--name", default="")
+@click.option("--phone", default="")
+@click.option("--language", default="", help="nl, fr or en (default: the desk's).")
+@click.pass_context
+def editors_add(ctx: click.Context, site_id: str, email: str, name: str, phone: str,
+                language: str) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        editor = registry.add_editor(session, site_id, email, app.clock.now(), name=name,
+                                     phone=phone, language=language)
+        address = editor.email
+    click.echo(f"editor {address} added to site {site_id}")
+
+
+@editors.command("list")
+@click.option("--site", "site_id", default=None)
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def editors_list(ctx: click.Context, site_id: str | None, as_json: bool) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        stmt = select(Editor).order_by(Editor.site_id, Editor.slot)
+        if site_id:
+            stmt = stmt.where(Editor.site_id == site_id)
+        rows = [views.editor_row(e) for e in session.execute(stmt).scalars()]
+    _emit(rows, as_json, lambda r: _table(r, ["site_id", "email", "name", "phone", "language"]))
+
+
+@editors.command("remove")
+@click.argument("email")
+@click.pass_context
+def editors_remove(ctx: click.Context, email: str) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        registry.remove_editor(session, email)
+    click.echo(f"editor {email} removed")
+
+
+@cli.group()
+def agents() -> None:
+    """Service Desk agents."""
+
+
+@agents.command("add")
+@click.argument("email")
+@click.option("--name", default="")
+@click.pass_context
+def agents_add(ctx: click.Context, email: str, name: str) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        registry.add_agent(session, email, app.clock.now(), name)
+    click.echo(f"agent {email} added")
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def agents_list(ctx: click.Context, as_json: bool) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        rows = [views.agent_row(a) for a in
+                session.execute(select(Agent).order_by(Agent.email)).scalars()]
+    _emit(rows, as_json, lambda r: _table(r, ["email", "name"]))
+
+
+@agents.command("remove")
+@click.argument("email")
+@click.pass_context
+def agents_remove(ctx: click.Context, email: str) -> None:
+    app = _app(ctx)
+    with _tx(app) as session:
+        registry.remove_agent(session, email)
+    click.echo(f"agent {email} removed")
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    try:
+        cli.main(args=argv, prog_name="mailgate", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Fail as exc:
+        click.echo(f"mailgate: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(EX_USAGE)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EX_USAGE)
+    sys.exit(EX_OK)

@@ -1,0 +1,370 @@
+"""TOML configuration → typed, validated, frozen settings.
+
+Every error names the key (``section.key``) and the reason, so ops can fix a broken file
+without reading code; the CLI turns :class:`ConfigError` into exit code 78 (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from mailgate.mail.addresses import is_valid_address
+
+DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+LANGUAGES = ("nl", "fr", "en")
+
+
+class ConfigError(Exception):
+    """A key of the configuration is wrong or missing."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DeskSettings:
+    name: str = "Service Desk"
+    address: str = "servicedesk@example.org"
+    complaints_address: str = "complaints@example.org"
+    service_manager: str = ""
+    phone: str = ""
+    ticket_prefix: str = "SD"
+    default_language: str = "nl"
+    timezone: str = "Europe/Brussels"
+    # Signs our Message-IDs so that a reply's References proves which ticket it answers.
+    secret: str = ""
+    # Further addresses the SMTP listener accepts (aliases of the desk).
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        addrs = {self.address, self.complaints_address, *self.aliases}
+        return frozenset(a.lower() for a in addrs if a)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""
+    # How long SQLite waits for a lock before the write counts as "storage unavailable".
+    busy_timeout_ms: int = 5000
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 2525
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 50
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    relay_host: str = ""
+    relay_port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password: str = ""
+    maildir: str = ""
+    retry_base_seconds: float = 4.0
+    retry_max_seconds: float = 300.0
+    timeout_seconds: float = 30.0
+
+    @property
+    def uses_relay(self) -> bool:
+        return bool(self.relay_host)
+
+
+@dataclass(frozen=True)
+class ImapAccount:
+    name: str
+    host: str
+    username: str
+    port: int = 993
+    ssl: bool = True
+    starttls: bool = False
+    password: str = ""
+    password_file: str = ""
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    failed_folder: str = "Failed"
+    poll_interval: float = 60.0
+    idle: bool = True
+    timeout_seconds: float = 30.0
+
+    def read_password(self) -> str:
+        if self.password_file:
+            return Path(self.password_file).read_text(encoding="utf-8").strip()
+        return self.password
+
+
+@dataclass(frozen=True)
+class SlaSettings:
+    first_response_hours: float = 4.0
+    business_hours: str = "08:00-17:00"
+    country: str = "BE"
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    auto_close_working_days: int = 5
+    reminder_working_days: tuple[int, ...] = (2, 4)
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    unknown_senders: str = "refuse"
+    auto_replies_per_hour: int = 5
+    require_authentication: bool = False
+    authserv_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    # Fallback sweep when no in-process wake-up arrives (mail stored by `deliver` or a peer).
+    poll_seconds: float = 2.0
+    batch_size: int = 50
+
+
+@dataclass(frozen=True)
+class Settings:
+    desk: DeskSettings = field(default_factory=DeskSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    imap: tuple[ImapAccount, ...] = ()
+    sla: SlaSettings = field(default_factory=SlaSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    state_dir: str = "var"
+    templates_dir: str = str(DEFAULT_TEMPLATES_DIR)
+    log_level: str = "INFO"
+    source: str = ""
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.desk.timezone)
+
+
+_SECTIONS: dict[str, type] = {
+    "desk": DeskSettings,
+    "database": DatabaseSettings,
+    "smtp": SmtpSettings,
+    "outbound": OutboundSettings,
+    "sla": SlaSettings,
+    "lifecycle": LifecycleSettings,
+    "access": AccessSettings,
+    "worker": WorkerSettings,
+}
+_TOP_LEVEL = {"state_dir": str, "templates_dir": str, "log_level": str}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check a TOML value against the dataclass field type; TOML already typed it."""
+    expected = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if expected in ("bool",):
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if expected in ("int",):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be a whole number, got {value!r}")
+        return value
+    if expected in ("float",):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        return float(value)
+    if expected in ("str",):
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if expected.startswith("tuple[int"):
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(key, f"must be a list of whole numbers, got {value!r}")
+        return tuple(value)
+    if expected.startswith("tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(key, f"unsupported type {expected}")  # pragma: no cover
+
+
+def _build(cls: type, section: str, data: Any, extra: dict[str, Any] | None = None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(section, "must be a table")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = dict(extra or {})
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}",
+                              f"unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(f"{section}.{key}", value, known[key].type)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        missing = re.findall(r"'(\w+)'", str(exc))
+        key = f"{section}.{missing[0]}" if missing else section
+        raise ConfigError(key, "is required") from exc
+
+
+def _check(cond: bool, key: str, reason: str) -> None:
+    if not cond:
+        raise ConfigError(key, reason)
+
+
+def _positive(key: str, value: float) -> None:
+    _check(value > 0, key, f"must be greater than 0, got {value}")
+
+
+def _validate(s: Settings) -> None:
+    d = s.desk
+    for key in ("address", "complaints_address"):
+        _check(is_valid_address(getattr(d, key)), f"desk.{key}", "must be an e-mail address")
+    if d.service_manager:
+        _check(is_valid_address(d.service_manager), "desk.service_manager",
+               "must be an e-mail address")
+    for i, alias in enumerate(d.aliases):
+        _check(is_valid_address(alias), f"desk.aliases[{i}]", "must be an e-mail address")
+    _check(bool(re.fullmatch(r"[A-Z][A-Z0-9]{0,9}", d.ticket_prefix)), "desk.ticket_prefix",
+           "must be 1-10 capital letters or digits, starting with a letter")
+    _check(d.default_language in LANGUAGES, "desk.default_language",
+           f"must be one of {', '.join(LANGUAGES)}")
+    try:
+        ZoneInfo(d.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError("desk.timezone", f"unknown time zone {d.timezone!r}") from exc
+    _check(d.secret == "" or len(d.secret) >= 16, "desk.secret",
+           "must be at least 16 characters (or left out to use the one kept in the database)")
+    _check(s.database.url.startswith(("sqlite", "postgresql")), "database.url",
+           "must be a sqlite:/// or postgresql+psycopg:// URL")
+    _check(s.database.busy_timeout_ms >= 0, "database.busy_timeout_ms", "must be 0 or more")
+    _check(0 < s.smtp.port < 65536, "smtp.port", "must be a TCP port (1-65535)")
+    _positive("smtp.max_message_size", s.smtp.max_message_size)
+    _positive("smtp.max_recipients", s.smtp.max_recipients)
+    o = s.outbound
+    if o.uses_relay:
+        _check(0 < o.relay_port < 65536, "outbound.relay_port", "must be a TCP port (1-65535)")
+    else:
+        _check(bool(o.maildir), "outbound.maildir",
+               "is required when outbound.relay_host is not set")
+    _positive("outbound.retry_base_seconds", o.retry_base_seconds)
+    _check(o.retry_max_seconds >= o.retry_base_seconds, "outbound.retry_max_seconds",
+           "must be at least outbound.retry_base_seconds")
+    _positive("outbound.timeout_seconds", o.timeout_seconds)
+    names = [a.name for a in s.imap]
+    for i, acct in enumerate(s.imap):
+        key = f"imap[{i}]"
+        _check(names.count(acct.name) == 1, f"{key}.name", f"duplicate account name {acct.name!r}")
+        _check(0 < acct.port < 65536, f"{key}.port", "must be a TCP port (1-65535)")
+        _check(not (acct.ssl and acct.starttls), f"{key}.starttls",
+               "cannot be combined with ssl = true")
+        _check(bool(acct.password) != bool(acct.password_file), f"{key}.password",
+               "set exactly one of password or password_file")
+        if acct.password_file:
+            _check(os.access(acct.password_file, os.R_OK), f"{key}.password_file",
+                   f"cannot read {acct.password_file}")
+        _positive(f"{key}.poll_interval", acct.poll_interval)
+        _check(len({acct.folder, acct.processed_folder, acct.failed_folder}) == 3,
+               f"{key}.processed_folder", "folder, processed_folder and failed_folder must differ")
+    _positive("sla.first_response_hours", s.sla.first_response_hours)
+    m = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", s.sla.business_hours)
+    _check(bool(m) and m.group(1, 2) < m.group(3, 4) and int(m.group(3)) <= 24,  # type: ignore[union-attr]
+           "sla.business_hours", 'must look like "08:00-17:00" with start before end')
+    _positive("lifecycle.auto_close_working_days", s.lifecycle.auto_close_working_days)
+    _check(s.access.unknown_senders in ("refuse", "accept"), "access.unknown_senders",
+           'must be "refuse" or "accept"')
+    _check(s.access.auto_replies_per_hour >= 0, "access.auto_replies_per_hour",
+           "must be 0 or more")
+    if s.access.require_authentication:
+        _check(bool(s.access.authserv_id), "access.authserv_id",
+               "is required when access.require_authentication = true")
+    _positive("worker.poll_seconds", s.worker.poll_seconds)
+    _positive("worker.batch_size", s.worker.batch_size)
+    _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
+           "must be DEBUG, INFO, WARNING or ERROR")
+    _check(Path(s.templates_dir).is_dir(), "templates_dir",
+           f"directory {s.templates_dir} does not exist")
+
+
+def from_dict(data: dict[str, Any], source: str = "") -> Settings:
+    """Build settings from parsed TOML; fills the defaults that depend on state_dir."""
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    imap: tuple[ImapAccount, ...] = ()
+    for key, value in data.items():
+        if key in _SECTIONS:
+            sections[key] = _build(_SECTIONS[key], key, value)
+        elif key == "imap":
+            if not isinstance(value, list):
+                raise ConfigError("imap", "must be an array of tables: [[imap]]")
+            accounts = []
+            for i, item in enumerate(value):
+                extra = {}
+                if isinstance(item, dict) and "name" not in item:
+                    extra["name"] = str(item.get("username", f"imap{i}"))
+                accounts.append(_build(ImapAccount, f"imap[{i}]", item, extra))
+            imap = tuple(accounts)
+        elif key in _TOP_LEVEL:
+            top[key] = _coerce(key, value, _TOP_LEVEL[key].__name__)
+        else:
+            raise ConfigError(key, "unknown key or section")
+    settings = Settings(**sections, **top, imap=imap, source=source)
+    state = Path(settings.state_dir)
+    if not settings.database.url:
+        settings = replace(settings, database=replace(
+            settings.database, url=f"sqlite:///{state / 'mailgate.db'}"))
+    if not settings.outbound.uses_relay and not settings.outbound.maildir:
+        settings = replace(settings, outbound=replace(
+            settings.outbound, maildir=str(state / "maildir")))
+    _validate(settings)
+    return settings
+
+
+def load(path: str | os.PathLike[str] | None = None,
+         overrides: Callable[[dict[str, Any]], None] | None = None) -> Settings:
+    """Read the TOML file (``path``, else ``$MAILGATE_CONFIG``, else built-in defaults)."""
+    path = path or os.environ.get("MAILGATE_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    if overrides:
+        overrides(data)
+    return from_dict(data, source=str(path or ""))
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """Effective settings as a dict with every secret replaced, for `check-config`."""
+    from dataclasses import asdict
+
+    out = asdict(settings)
+    out["desk"]["secret"] = "***" if settings.desk.secret else "(kept in the database)"
+    if out["outbound"]["password"]:
+        out["outbound"]["password"] = "***"
+    for acct in out["imap"]:
+        if acct["password"]:
+            acct["password"] = "***"
+    out["database"]["url"] = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", settings.database.url)
+    return out

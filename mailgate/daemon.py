@@ -1,0 +1,138 @@
+"""`mailgate serve`: starts the ways in, the worker and the sender; stops gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+
+from mailgate import scheduler, systemd
+from mailgate.app import App
+from mailgate.db.migrate import require_current
+from mailgate.inbound.smtp import DeskHandler, smtp_factory
+from mailgate.inbound.store import store_raw
+from mailgate.outbound import sender
+from mailgate.worker import process_pending
+
+log = logging.getLogger(__name__)
+
+ExtraTask = Callable[["Daemon"], Awaitable[None]]
+
+
+class Daemon:
+    def __init__(self, app: App, extra_tasks: tuple[ExtraTask, ...] = ()) -> None:
+        self.app = app
+        self.extra_tasks = extra_tasks
+        self.smtp_port: int | None = None
+        self.ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._work: asyncio.Event | None = None
+        self._send: asyncio.Event | None = None
+
+    # Called from any thread (SMTP handler, IMAP poller threads, scheduler).
+    def wake_worker(self) -> None:
+        if self._loop and self._work:
+            self._loop.call_soon_threadsafe(self._work.set)
+
+    def wake_sender(self) -> None:
+        if self._loop and self._send:
+            self._loop.call_soon_threadsafe(self._send.set)
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def store(self, raw: bytes, channel: str, mail_from: str, rcpt_tos: list[str]) -> int:
+        return store_raw(self.app.sessions, self.app.clock, raw, channel, mail_from,
+                         rcpt_tos).inbound_id
+
+    async def _worker_loop(self) -> None:
+        assert self._work and self._stop
+        poll = self.app.settings.worker.poll_seconds
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), timeout=poll)
+            self._work.clear()
+            try:
+                result = await asyncio.to_thread(process_pending, self.app)
+            except Exception:
+                log.exception("worker pass failed; retrying on the next pass")
+                continue
+            if result.processed:
+                self.wake_sender()
+            if result.processed >= self.app.settings.worker.batch_size:
+                self._work.set()
+
+    async def _sender_loop(self) -> None:
+        assert self._send and self._stop
+        s = self.app.settings
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._send.wait(), timeout=s.worker.poll_seconds)
+            self._send.clear()
+            try:
+                result = await asyncio.to_thread(
+                    sender.flush, self.app.sessions, self.app.clock, s.outbound,
+                    self.app.transport)
+            except Exception:
+                log.exception("outbox flush failed; retrying on the next pass")
+                continue
+            if result.sent + result.retrying + result.failed >= 100:
+                self._send.set()
+
+    async def run(self) -> None:
+        s = self.app.settings
+        self._loop = asyncio.get_running_loop()
+        self._stop, self._work, self._send = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        await asyncio.to_thread(require_current, self.app.engine)
+        await asyncio.to_thread(lambda: self.app.desk)  # loads the signing secret once
+        server = None
+        if s.smtp.enabled:
+            handler = DeskHandler(
+                s.desk.own_addresses,
+                lambda raw, mail_from, rcpts: self.store(raw, "smtp", mail_from, rcpts),
+                s.smtp.max_recipients, on_stored=self.wake_worker)
+            server = await self._loop.create_server(
+                smtp_factory(handler, socket.getfqdn(), s.smtp.max_message_size),
+                host=s.smtp.host, port=s.smtp.port, reuse_address=True)
+            self.smtp_port = server.sockets[0].getsockname()[1]
+            log.info("SMTP listening on %s:%s", s.smtp.host, self.smtp_port)
+        tasks = [asyncio.create_task(self._worker_loop(), name="worker"),
+                 asyncio.create_task(self._sender_loop(), name="sender")]
+        tasks += [asyncio.create_task(t(self), name=getattr(t, "__name__", "extra"))
+                  for t in self.extra_tasks]
+        interval = systemd.watchdog_interval()
+        sched = scheduler.build(s.worker.poll_seconds, self.wake_worker, self.wake_sender,
+                                (interval, lambda: systemd.notify("WATCHDOG=1"))
+                                if interval else None)
+        sched.start()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._stop.set)
+        self._work.set()  # whatever was left pending before a restart
+        systemd.notify("READY=1\nSTATUS=accepting mail")
+        self.ready.set()
+        log.info("mailgate ready")
+        try:
+            await self._stop.wait()
+        finally:
+            systemd.notify("STOPPING=1")
+            log.info("stopping: no new connections, finishing the current passes")
+            if server is not None:
+                server.close()
+                # A client that keeps its connection open must not hold up the stop.
+                try:
+                    await asyncio.wait_for(server.wait_closed(), timeout=5)
+                except TimeoutError:
+                    log.warning("SMTP clients still connected at stop")
+            sched.shutdown(wait=False)
+            self._work.set()
+            self._send.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.app.close()
+            log.info("stopped")

@@ -1,0 +1,106 @@
+"""Store first: the raw message is committed before any way in says "OK" (DESIGN §1.1).
+
+Also the idempotency rule of DESIGN §1.2: the same Message-ID with the same content,
+ignoring the trace headers that differ per route, is stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.clock import Clock
+from mailgate.db.engine import StorageUnavailable, is_unavailable, transaction
+from mailgate.db.models import Inbound
+
+TRACE_HEADERS = frozenset(
+    {b"received", b"return-path", b"delivered-to", b"x-original-to", b"x-received"})
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Stored:
+    inbound_id: int
+    duplicate: bool
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    m = _HEADER_END.search(raw)
+    if m is None:
+        return raw, b""
+    return raw[: m.start()], raw[m.end():]
+
+
+def _header_fields(head: bytes) -> list[bytes]:
+    """Header fields with their folded continuation lines kept together."""
+    out: list[bytes] = []
+    for line in re.split(rb"\r?\n", head):
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] += b"\n" + line
+        else:
+            out.append(line)
+    return out
+
+
+def extract_message_id(raw: bytes) -> str:
+    head, _ = split_message(raw)
+    m = _MESSAGE_ID.search(head)
+    if not m:
+        return ""
+    value = re.sub(rb"\s+", b"", m.group(1)).decode("ascii", "replace")
+    found = re.search(r"<[^<>]+>", value)
+    return (found.group(0) if found else value)[:998]
+
+
+def content_digest(raw: bytes) -> str:
+    """sha256 of the message without trace headers and with line endings normalised,
+    so the same mail relayed by SMTP and fetched by IMAP digests the same."""
+    head, body = split_message(raw)
+    h = hashlib.sha256()
+    for field in _header_fields(head):
+        name = field.split(b":", 1)[0].strip().lower()
+        if name in TRACE_HEADERS:
+            continue
+        h.update(field.replace(b"\r\n", b"\n").rstrip() + b"\n")
+    h.update(b"\n")
+    h.update(body.replace(b"\r\n", b"\n").rstrip(b"\n"))
+    return h.hexdigest()
+
+
+def dedup_key(message_id: str, digest: str) -> str:
+    return hashlib.sha256(f"{message_id}\0{digest}".encode()).hexdigest()
+
+
+def store_raw(factory: sessionmaker[Session], clock: Clock, raw: bytes, channel: str,
+              envelope_from: str = "", envelope_to: list[str] | tuple[str, ...] = ()) -> Stored:
+    """Commit the message; returns its row id. Raises StorageUnavailable if it cannot."""
+    message_id = extract_message_id(raw)
+    digest = content_digest(raw)
+    key = dedup_key(message_id, digest)
+    values = dict(
+        raw=raw, size=len(raw), digest=digest, message_id=message_id, dedup_key=key,
+        channel=channel[:40], envelope_from=envelope_from[:998],
+        envelope_to=",".join(envelope_to), received_at=clock.now(), status="pending",
+        reason="", kind="", trail=[], attempts=0)
+    try:
+        with transaction(factory) as session:
+            dialect = session.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            stmt = insert(Inbound).values(**values).on_conflict_do_nothing(
+                index_elements=["dedup_key"]).returning(Inbound.id)
+            new_id = session.execute(stmt).scalar_one_or_none()
+            if new_id is not None:
+                return Stored(new_id, duplicate=False)
+            existing = session.execute(
+                select(Inbound.id).where(Inbound.dedup_key == key)).scalar_one()
+            return Stored(existing, duplicate=True)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+        raise

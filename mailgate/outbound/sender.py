@@ -1,0 +1,149 @@
+"""Delivers outbox rows through the relay or into a Maildir; retries with backoff.
+
+A row is claimed with a short lease (its own small transaction), sent outside any
+transaction, then marked. A crash between sending and marking resends the mail after the
+lease ends: at-least-once, never zero times.
+"""
+
+from __future__ import annotations
+
+import logging
+import mailbox
+import random
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.clock import Clock
+from mailgate.config import OutboundSettings
+from mailgate.db.engine import transaction
+from mailgate.db.models import Event, Outbox
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(minutes=2)
+
+
+class PermanentFailure(Exception):
+    """The relay refused the mail for good (5xx); retrying will not help."""
+
+
+class Transport(Protocol):
+    def send(self, sender: str, recipients: list[str], raw: bytes) -> None: ...
+
+
+class MaildirTransport:
+    """The embedded default: mail lands in a Maildir an operator (or a test) can read."""
+
+    def __init__(self, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.box = mailbox.Maildir(path, create=True)
+
+    def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
+        self.box.add(raw)  # written to tmp/, then renamed into new/: atomic
+
+
+class RelayTransport:
+    def __init__(self, settings: OutboundSettings) -> None:
+        self.s = settings
+
+    def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
+        s = self.s
+        try:
+            with smtplib.SMTP(s.relay_host, s.relay_port, timeout=s.timeout_seconds) as smtp:
+                if s.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if s.username:
+                    smtp.login(s.username, s.password)
+                refused = smtp.sendmail(sender, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _msg in exc.recipients.values()]
+            if all(500 <= c < 600 for c in codes):
+                raise PermanentFailure(f"recipients refused: {exc.recipients}") from exc
+            raise
+        except smtplib.SMTPResponseException as exc:
+            if 500 <= exc.smtp_code < 600 and exc.smtp_code != 530:
+                raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+            raise
+        if refused:
+            log.warning("relay refused some recipients: %s", refused)
+
+
+def make_transport(settings: OutboundSettings) -> Transport:
+    return RelayTransport(settings) if settings.uses_relay else MaildirTransport(settings.maildir)
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def backoff(settings: OutboundSettings, attempts: int) -> timedelta:
+    base = min(settings.retry_base_seconds * 2 ** max(0, attempts - 1), settings.retry_max_seconds)
+    # Jitter keeps several instances from hammering a recovering relay in step.
+    return timedelta(seconds=base * random.uniform(0.8, 1.0))
+
+
+def _claim(factory: sessionmaker[Session], clock: Clock, limit: int) -> list[Outbox]:
+    now = clock.now()
+    with transaction(factory) as session:
+        rows = list(session.execute(
+            select(Outbox)
+            .where(Outbox.status == "pending", Outbox.next_attempt_at <= now,
+                   or_(Outbox.lease_until.is_(None), Outbox.lease_until < now))
+            .order_by(Outbox.next_attempt_at, Outbox.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)).scalars())
+        for row in rows:
+            row.lease_until = now + LEASE
+        return rows
+
+
+def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
+          transport: Transport, limit: int = 100) -> FlushResult:
+    sent = retrying = failed = 0
+    for row in _claim(factory, clock, limit):
+        error = ""
+        status = "sent"
+        try:
+            transport.send(row.sender, row.recipients.split(","), row.raw)
+        except PermanentFailure as exc:
+            status, error = "failed", str(exc)
+        except (TimeoutError, OSError, smtplib.SMTPException) as exc:
+            status, error = "pending", f"{type(exc).__name__}: {exc}"
+        now = clock.now()
+        with transaction(factory) as session:
+            values: dict[str, object] = {"status": status, "lease_until": None,
+                                         "attempts": Outbox.attempts + 1, "last_error": error}
+            if status == "sent":
+                values["sent_at"] = now
+                sent += 1
+            elif status == "pending":
+                values["next_attempt_at"] = now + backoff(settings, row.attempts + 1)
+                retrying += 1
+                log.warning("outbox %s to %s: will retry: %s", row.id, row.recipients, error)
+            else:
+                failed += 1
+                log.error("outbox %s to %s failed for good: %s", row.id, row.recipients, error)
+            session.execute(update(Outbox).where(Outbox.id == row.id).values(**values))
+            if status != "pending":
+                session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
+                                  outbox_id=row.id, detail={"error": error} if error else {}))
+    return FlushResult(sent, retrying, failed)
+
+
+def retry(session: Session, clock: Clock, outbox_id: int | None = None) -> int:
+    """Make failed (or waiting) rows due now; `mailgate outbox retry`."""
+    stmt = update(Outbox).where(Outbox.status.in_(("failed", "pending")))
+    if outbox_id is not None:
+        stmt = stmt.where(Outbox.id == outbox_id)
+    result = session.execute(stmt.values(status="pending", next_attempt_at=clock.now(),
+                                         lease_until=None))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,42 @@
+"""Who may use the desk, and who may write into which ticket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgate.db.models import Agent, Editor, Message, Ticket
+
+
+@dataclass(frozen=True)
+class Sender:
+    address: str
+    editor: Editor | None
+    agent: Agent | None
+
+    @property
+    def known(self) -> bool:
+        return self.editor is not None or self.agent is not None
+
+
+def identify(session: Session, address: str) -> Sender:
+    editor = session.execute(select(Editor).where(Editor.email == address)).scalar_one_or_none()
+    agent = session.execute(select(Agent).where(Agent.email == address)).scalar_one_or_none()
+    return Sender(address, editor, agent)
+
+
+def may_write(session: Session, ticket: Ticket, sender: Sender) -> bool:
+    """Requester, participants already on the ticket, editors of its site, and agents."""
+    if sender.agent is not None or sender.address == ticket.requester:
+        return True
+    if sender.editor is not None and ticket.site_id and sender.editor.site_id == ticket.site_id:
+        return True
+    rows = session.execute(
+        select(Message.from_addr, Message.to_addrs, Message.cc_addrs)
+        .where(Message.ticket_id == ticket.id, Message.direction == "in")).all()
+    for from_addr, to_addrs, cc_addrs in rows:
+        if sender.address == from_addr or sender.address in f"{to_addrs},{cc_addrs}".split(","):
+            return True
+    return False
