@@ -46,6 +46,8 @@ def _app(ctx: click.Context, clock_at: str | None = None) -> App:
         raise Fail(f"configuration error: {exc}", EX_CONFIG) from exc
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "apscheduler", "mail-parser", "mailparser"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     app = App(settings)
     if clock_at:
         app.clock = FixedClock(parse_iso(clock_at))

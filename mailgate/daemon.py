@@ -115,6 +115,7 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._stop.set)
         self._work.set()  # whatever was left pending before a restart
+        self._send.set()
         systemd.notify("READY=1\nSTATUS=accepting mail")
         self.ready.set()
         log.info("mailgate ready")

@@ -16,12 +16,12 @@ class Renderer:
                                undefined=StrictUndefined, autoescape=False,
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
-    def render(self, name: str, language: str, **context: Any) -> tuple[str, str]:
+    def render(self, template: str, language: str, /, **context: Any) -> tuple[str, str]:
         """Returns (language used, text)."""
         for lang in dict.fromkeys((language, self.default_language, "en")):
             try:
-                template = self.env.get_template(f"{lang}/{name}.txt.j2")
+                template = self.env.get_template(f"{lang}/{template}.txt.j2")
             except TemplateNotFound:
                 continue
             return lang, template.render(**context)
-        raise TemplateNotFound(f"{language}/{name}.txt.j2")
+        raise TemplateNotFound(f"{language}/{template}.txt.j2")

@@ -41,8 +41,10 @@ class MaildirTransport:
     """The embedded default: mail lands in a Maildir an operator (or a test) can read."""
 
     def __init__(self, path: str) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.box = mailbox.Maildir(path, create=True)
+        for sub in ("tmp", "new", "cur"):  # a bare directory left by hand is completed too
+            (Path(path) / sub).mkdir(exist_ok=True)
 
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
         self.box.add(raw)  # written to tmp/, then renamed into new/: atomic
