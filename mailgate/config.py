@@ -255,7 +255,7 @@ def _validate(s: Settings) -> None:
     _check(s.database.url.startswith(("sqlite", "postgresql")), "database.url",
            "must be a sqlite:/// or postgresql+psycopg:// URL")
     _check(s.database.busy_timeout_ms >= 0, "database.busy_timeout_ms", "must be 0 or more")
-    _check(0 < s.smtp.port < 65536, "smtp.port", "must be a TCP port (1-65535)")
+    _check(0 <= s.smtp.port < 65536, "smtp.port", "must be a TCP port (0 = any free port)")
     _positive("smtp.max_message_size", s.smtp.max_message_size)
     _positive("smtp.max_recipients", s.smtp.max_recipients)
     o = s.outbound

@@ -1,0 +1,151 @@
+"""Fixtures that start real parts: SQLite and PostgreSQL databases, an SMTP sink playing the
+relay, and the daemon itself (in a thread, or as a subprocess where a test kills it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from mailgate import config
+from mailgate.app import App
+from mailgate.daemon import Daemon
+from mailgate.db.engine import transaction
+from mailgate.db.migrate import upgrade
+from mailgate.tickets import registry
+from tests.support.sink import SmtpSink
+
+PG_ENV = "MAILGATE_TEST_DATABASE_URL"
+EDITOR = "eva@site1234.example.be"
+DESK = "servicedesk@desk.example"
+
+
+def _pg_base_url() -> str | None:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PG_ENV} is not set under CI: storage tests must run on PostgreSQL")
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. "
+                    "postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a private schema on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mailgate.db'}"
+        return
+    base = _pg_base_url()
+    assert base is not None
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+SettingsFactory = Callable[..., config.Settings]
+
+
+@pytest.fixture
+def make_settings(database_url: str, tmp_path: Path, sink: SmtpSink) -> SettingsFactory:
+    def make(**sections: dict[str, Any]) -> config.Settings:
+        data: dict[str, Any] = {
+            "state_dir": str(tmp_path / "var"),
+            "desk": {"name": "Test Desk", "address": DESK,
+                     "complaints_address": "complaints@desk.example",
+                     "phone": "+32 2 123 45 67", "secret": "test-secret-0123456789"},
+            "database": {"url": database_url, "busy_timeout_ms": 2000},
+            "smtp": {"host": "127.0.0.1", "port": 0, "max_message_size": 200_000},
+            "outbound": {"relay_host": "127.0.0.1", "relay_port": sink.port,
+                         "retry_base_seconds": 0.2, "retry_max_seconds": 1},
+            "worker": {"poll_seconds": 0.3},
+        }
+        for name, values in sections.items():
+            data.setdefault(name, {})
+            if isinstance(values, dict):
+                data[name].update(values)
+            else:
+                data[name] = values
+        return config.from_dict(data)
+    return make
+
+
+def register_demo(app: App) -> None:
+    with transaction(app.sessions) as session:
+        now = app.clock.now()
+        registry.add_site(session, "1234", "Demo site", now)
+        registry.add_editor(session, "1234", EDITOR, now, name="Eva Editor",
+                            phone="+32 470 12 34 56")
+
+
+@pytest.fixture
+def app(make_settings: SettingsFactory) -> Iterator[App]:
+    """A migrated database with site 1234 and its editor registered."""
+    a = App(make_settings())
+    upgrade(a.engine)
+    register_demo(a)
+    yield a
+    a.close()
+
+
+class RunningDaemon:
+    """The real daemon in a background thread with its own event loop."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.daemon = Daemon(app)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.daemon.run())
+        except BaseException as exc:  # surfaced by start()/stop()
+            self.error = exc
+            self.daemon.ready.set()
+
+    def start(self) -> RunningDaemon:
+        self.thread.start()
+        assert self.daemon.ready.wait(15), "daemon did not get ready"
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+    @property
+    def port(self) -> int:
+        assert self.daemon.smtp_port
+        return self.daemon.smtp_port
+
+
+@pytest.fixture
+def daemon(app: App) -> Iterator[RunningDaemon]:
+    d = RunningDaemon(app).start()
+    yield d
+    d.stop()

@@ -1,0 +1,32 @@
+"""Builders for test mails and a real SMTP client to send them."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+
+def make_mail(sender: str, subject: str, body: str = "", *, to: str = "servicedesk@desk.example",
+              message_id: str | None = None, headers: dict[str, str] | None = None,
+              sender_name: str = "") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"{sender_name} <{sender}>" if sender_name else sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id or make_msgid(domain="client.example")
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body or "Het formulier op https://www.site1234.example.be/contact geeft "
+                            "een fout 500 bij het verzenden.\nEva, 0470 12 34 56")
+    return msg
+
+
+def send(port: int, msg: EmailMessage | bytes, *, mail_from: str | None = None,
+         rcpt: list[str] | None = None) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        if isinstance(msg, bytes):
+            smtp.sendmail(mail_from or "sender@client.example",
+                          rcpt or ["servicedesk@desk.example"], msg)
+        else:
+            smtp.send_message(msg, from_addr=mail_from, to_addrs=rcpt)

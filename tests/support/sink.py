@@ -1,0 +1,83 @@
+"""A real SMTP sink (aiosmtpd Controller) that plays the relay in tests."""
+
+from __future__ import annotations
+
+import email
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import Message
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    at: float
+
+    @property
+    def message(self) -> Message:
+        return email.message_from_bytes(self.raw)
+
+
+@dataclass
+class SinkHandler:
+    received: list[Received] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    # Answers to give instead of 250, consumed one per message (to simulate relay trouble).
+    fail_with: list[str] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.cond:
+            if self.fail_with:
+                return self.fail_with.pop(0)
+            raw = envelope.original_content or b""
+            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos),
+                                          raw if isinstance(raw, bytes) else raw.encode(),
+                                          time.monotonic()))
+            self.cond.notify_all()
+        return "250 OK"
+
+
+class SmtpSink:
+    def __init__(self) -> None:
+        self.handler = SinkHandler()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
+
+    def start(self) -> SmtpSink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    @property
+    def port(self) -> int:
+        return int(self.controller.port)
+
+    @property
+    def messages(self) -> list[Message]:
+        with self.handler.cond:
+            return [r.message for r in self.handler.received]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        with self.handler.cond:
+            while len(self.handler.received) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"sink got {len(self.handler.received)} mail(s), expected {count}")
+                self.handler.cond.wait(left)
+            return [r.message for r in self.handler.received]
