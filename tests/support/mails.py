@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import make_msgid
 
 
@@ -20,6 +21,11 @@ def make_mail(sender: str, subject: str, body: str = "", *, to: str = "servicede
     msg.set_content(body or "Het formulier op https://www.site1234.example.be/contact geeft "
                             "een fout 500 bij het verzenden.\nEva, 0470 12 34 56")
     return msg
+
+
+def wire(msg: EmailMessage) -> bytes:
+    """The bytes a real MTA would send: CRLF line ends."""
+    return msg.as_bytes(policy=SMTP)
 
 
 def send(port: int, msg: EmailMessage | bytes, *, mail_from: str | None = None,

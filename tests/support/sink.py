@@ -7,7 +7,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from email.message import Message
+from email import policy
+from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -27,8 +28,10 @@ class Received:
     at: float
 
     @property
-    def message(self) -> Message:
-        return email.message_from_bytes(self.raw)
+    def message(self) -> EmailMessage:
+        msg = email.message_from_bytes(self.raw, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
 
 
 @dataclass
@@ -67,11 +70,11 @@ class SmtpSink:
         return int(self.controller.port)
 
     @property
-    def messages(self) -> list[Message]:
+    def messages(self) -> list[EmailMessage]:
         with self.handler.cond:
             return [r.message for r in self.handler.received]
 
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[Message]:
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
         deadline = time.monotonic() + timeout
         with self.handler.cond:
             while len(self.handler.received) < count:
