@@ -128,6 +128,9 @@ def quarantine(app: App, inbound_id: int, reason: str, detail: str = "") -> None
 def process_pending(app: App, limit: int | None = None) -> BatchResult:
     processed = quarantined = 0
     try:
+        # Load the signing secret outside the per-mail transaction: on SQLite a second
+        # write transaction from the same thread would wait on the first.
+        _ = app.desk
         for inbound_id in pending_ids(app, limit or app.settings.worker.batch_size):
             status = process_one(app, inbound_id)
             if status is None:

@@ -1,0 +1,191 @@
+"""The `mailgate` command as ops and MTAs use it: a real subprocess, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EDITOR
+from tests.support.mails import make_mail, wire
+from tests.support.sink import SmtpSink
+
+
+def _toml(url: str, state: Path, relay_port: int | None = None, extra: str = "") -> str:
+    outbound = (f'relay_host = "127.0.0.1"\nrelay_port = {relay_port}' if relay_port
+                else f'maildir = "{state / "maildir"}"')
+    return f"""
+state_dir = "{state}"
+[desk]
+name = "Test Desk"
+address = "servicedesk@desk.example"
+complaints_address = "complaints@desk.example"
+[database]
+url = "{url}"
+busy_timeout_ms = 1000
+[outbound]
+{outbound}
+{extra}
+"""
+
+
+class Cli:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+
+    def __call__(self, *args: str, stdin: bytes | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        import os
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "mailgate", "--config", str(self.config), *args],
+            input=stdin, capture_output=True, timeout=60, env=full_env)
+        return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                           proc.stdout.decode(), proc.stderr.decode())
+
+    def ok(self, *args: str, stdin: bytes | None = None) -> str:
+        result = self(*args, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@pytest.fixture
+def cli(database_url: str, tmp_path: Path, sink: SmtpSink) -> Cli:
+    path = tmp_path / "mailgate.toml"
+    path.write_text(_toml(database_url, tmp_path / "var", sink.port))
+    return Cli(path)
+
+
+def test_broken_config_fails_with_key_and_reason(tmp_path: Path) -> None:
+    cases = {
+        '[smtp]\nport = "twenty-five"\n': "smtp.port: must be a whole number",
+        "[smtp]\nprot = 25\n": "smtp.prot: unknown key",
+        '[desk]\naddress = "not-an-address"\n': "desk.address: must be an e-mail address",
+        '[access]\nunknown_senders = "maybe"\n': "access.unknown_senders",
+        '[desk]\ntimezone = "Mars/Olympus"\n': "desk.timezone: unknown time zone",
+        "[smtp\n": "is not valid TOML",
+    }
+    for text, expected in cases.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        result = Cli(path)("check-config")
+        assert result.returncode == 78, (text, result.stderr)
+        assert expected in result.stderr, (text, result.stderr)
+
+
+def test_check_config_masks_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[desk]\nsecret = "very-secret-value-123"\n'
+                    '[database]\nurl = "postgresql+psycopg://mg:hunter2@db/mg"\n')
+    out = Cli(path).ok("check-config")
+    assert "very-secret-value-123" not in out and "hunter2" not in out
+    settings = json.loads(out)
+    assert settings["desk"]["secret"] == "***"
+    assert settings["smtp"]["port"] == 2525
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "mailgate.example.toml"
+    assert Cli(example).ok("check-config")
+
+
+def test_serve_refuses_old_schema_and_names_the_fix(cli: Cli) -> None:
+    result = cli("serve")
+    assert result.returncode == 78
+    assert "mailgate db upgrade" in result.stderr
+
+
+def test_registry_rules(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    bad = cli("sites", "add", "12a4", "Bad")
+    assert bad.returncode == 65 and "4 digits" in bad.stderr
+    cli.ok("sites", "add", "1234", "Demo site")
+    for i in range(3):
+        cli.ok("editors", "add", "1234", f"editor{i}@example.be", "--name", f"E{i}")
+    fourth = cli("editors", "add", "1234", "editor3@example.be")
+    assert fourth.returncode == 65
+    assert "already has 3 editors" in fourth.stderr
+    dup = cli("editors", "add", "1234", "EDITOR0@example.be")
+    assert dup.returncode == 65 and "already an editor" in dup.stderr
+    cli.ok("editors", "remove", "editor1@example.be")
+    cli.ok("editors", "add", "1234", "editor3@example.be", "--language", "fr")
+    editors = json.loads(cli.ok("editors", "list", "--json"))
+    assert [e["email"] for e in editors] == ["editor0@example.be", "editor3@example.be",
+                                             "editor2@example.be"]
+    cli.ok("agents", "add", "agent@desk.example", "--name", "Alex")
+    assert json.loads(cli.ok("agents", "list", "--json")) == [
+        {"email": "agent@desk.example", "name": "Alex"}]
+    sites = json.loads(cli.ok("sites", "list", "--json"))
+    assert sites[0]["site_id"] == "1234" and len(sites[0]["editors"]) == 3
+
+
+def test_deliver_tick_and_json_contract(cli: Cli, sink: SmtpSink) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("sites", "add", "1234", "Demo site")
+    cli.ok("editors", "add", "1234", EDITOR, "--name", "Eva")
+    raw = wire(make_mail(EDITOR, "Pipe request"))
+    assert "stored as inbound 1" in cli.ok("deliver", stdin=raw)
+    assert "duplicate" in cli.ok("deliver", stdin=raw)
+    pending = json.loads(cli.ok("inbound", "list", "--json"))
+    assert [(r["id"], r["status"], r["channel"]) for r in pending] == [(1, "pending", "pipe")]
+    assert "processed 1 inbound; sent 1" in cli.ok("tick", "--now", "2026-11-30T09:00:00Z")
+    assert sink.wait_for(1)[0]["Subject"] == "[SD-1] Pipe request"
+    ticket = json.loads(cli.ok("tickets", "show", "SD-1", "--json"))
+    for key in ("ref", "state", "priority", "kind", "site_id", "requester", "subject",
+                "created_at", "first_response_due", "close_at", "linked_to", "messages"):
+        assert key in ticket
+    assert ticket["created_at"] == "2026-11-30T09:00:00Z"
+    # Monday 10:00 Brussels + 4 business hours.
+    assert ticket["first_response_due"] == "2026-11-30T13:00:00Z"
+    assert [(m["direction"], m["kind"]) for m in ticket["messages"]] == [
+        ("in", "request"), ("out", "ack")]
+    for m in ticket["messages"]:
+        assert set(m) >= {"direction", "kind", "from", "to", "subject", "message_id",
+                          "created_at"}
+    listed = json.loads(cli.ok("inbound", "list", "--json"))
+    assert listed[0]["status"] == "ticket" and listed[0]["ticket"] == "SD-1"
+    trail = cli.ok("inbound", "show", "1")
+    assert "known-sender: new-request/create" in trail
+    assert json.loads(cli.ok("tickets", "list", "--json"))[0]["ref"] == "SD-1"
+    outbox = json.loads(cli.ok("outbox", "list", "--json"))
+    assert outbox[0]["status"] == "sent" and outbox[0]["kind"] == "ack"
+    missing = cli("tickets", "show", "SD-99")
+    assert missing.returncode == 66
+
+
+def test_deliver_rejects_empty_input(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    result = cli("deliver", stdin=b"")
+    assert result.returncode == 65
+
+
+def test_deliver_exits_75_when_storage_is_unavailable(tmp_path: Path) -> None:
+    # Nothing listens on port 1: connection refused, as when PostgreSQL is down.
+    for url in ("postgresql+psycopg://postgres@127.0.0.1:1/test",
+                "sqlite:////proc/mailgate-cannot-write-here/mailgate.db"):
+        path = tmp_path / "c.toml"
+        path.write_text(_toml(url, tmp_path / "var"))
+        result = Cli(path)("deliver", stdin=wire(make_mail(EDITOR, "x")))
+        assert result.returncode == 75, (url, result.stderr)
+        assert "storage unavailable" in result.stderr
+
+
+def test_quarantine_replay(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("sites", "add", "1234", "Demo site")
+    cli.ok("deliver", stdin=b"From: nobody-valid\r\nSubject: x\r\n\r\nbody\r\n")
+    cli.ok("tick")
+    [row] = json.loads(cli.ok("quarantine", "list", "--json"))
+    assert row["status"] == "quarantined" and "sender" in row["reason"]
+    shown = cli.ok("quarantine", "show", str(row["id"]), "--raw")
+    assert shown.startswith("From: nobody-valid")
+    assert "1 mail(s) back to pending" in cli.ok("quarantine", "replay", str(row["id"]))
+    cli.ok("tick")
+    detail = json.loads(cli.ok("inbound", "show", str(row["id"]), "--json"))
+    assert [s["rule"] for s in detail["trail"]].count("replay") == 1
+    assert detail["status"] == "quarantined"  # still broken: quarantined again, not lost
+    usage = cli("quarantine", "replay")
+    assert usage.returncode == 64
