@@ -1,0 +1,99 @@
+"""The sender against a real SMTP sink: retry with backoff, permanent failure, Maildir."""
+
+from __future__ import annotations
+
+import mailbox
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from mailgate.app import App
+from mailgate.clock import FixedClock
+from mailgate.db.engine import transaction
+from mailgate.db.models import Outbox
+from mailgate.outbound import sender
+from mailgate.outbound.compose import Outgoing
+from mailgate.outbound.outbox import enqueue
+from tests.support.sink import SmtpSink
+
+
+def _enqueue(app: App, to: str = "eva@site1234.example.be") -> int:
+    with transaction(app.sessions) as session:
+        row = enqueue(session, Outgoing(
+            from_name="Desk", from_addr="servicedesk@desk.example", to=(to,),
+            subject="[SD-1] Test", body="Hallo", message_id=app.desk.ids.make(None),
+            date=app.clock.now()), "ack", ticket_id=None, inbound_id=None)
+        return row.id
+
+
+def _row(app: App, row_id: int) -> Outbox:
+    with app.sessions() as s:
+        return s.execute(select(Outbox).where(Outbox.id == row_id)).scalar_one()
+
+
+def test_relay_trouble_is_retried_with_growing_backoff(app: App, sink: SmtpSink) -> None:
+    clock = FixedClock(app.clock.now())
+    app.clock = clock
+    row_id = _enqueue(app)
+    sink.handler.fail_with = ["451 4.3.0 try later", "421 4.4.2 busy"]
+    s = app.settings.outbound
+    first = sender.flush(app.sessions, clock, s, app.transport)
+    assert (first.sent, first.retrying) == (0, 1)
+    row = _row(app, row_id)
+    assert row.status == "pending" and row.attempts == 1 and "451" in row.last_error
+    delay1 = row.next_attempt_at - clock.now()
+    # Not due yet: nothing is sent early.
+    assert sender.flush(app.sessions, clock, s, app.transport).retrying == 0
+    clock.at += delay1 + timedelta(milliseconds=1)
+    sender.flush(app.sessions, clock, s, app.transport)
+    row = _row(app, row_id)
+    delay2 = row.next_attempt_at - clock.now()
+    assert row.attempts == 2 and delay2 > delay1
+    assert delay2 <= timedelta(seconds=s.retry_max_seconds)
+    clock.at += delay2 + timedelta(milliseconds=1)
+    assert sender.flush(app.sessions, clock, s, app.transport).sent == 1
+    assert _row(app, row_id).status == "sent"
+    assert len(sink.wait_for(1)) == 1
+
+
+def test_backoff_is_capped() -> None:
+    from mailgate.config import OutboundSettings
+    s = OutboundSettings(maildir="x", retry_base_seconds=4, retry_max_seconds=300)
+    assert sender.backoff(s, 1) <= timedelta(seconds=4)
+    assert sender.backoff(s, 1) >= timedelta(seconds=3.2)
+    assert sender.backoff(s, 30) <= timedelta(seconds=300)
+    assert sender.backoff(s, 30) >= timedelta(seconds=240)
+
+
+def test_permanent_refusal_marks_failed_and_retry_brings_it_back(
+        app: App, sink: SmtpSink) -> None:
+    row_id = _enqueue(app)
+    sink.handler.fail_with = ["554 5.7.1 rejected"]
+    result = sender.flush(app.sessions, app.clock, app.settings.outbound, app.transport)
+    assert result.failed == 1
+    row = _row(app, row_id)
+    assert row.status == "failed" and "554" in row.last_error
+    with transaction(app.sessions) as session:
+        assert sender.retry(session, app.clock, row_id) == 1
+    assert sender.flush(app.sessions, app.clock, app.settings.outbound, app.transport).sent == 1
+
+
+def test_relay_unreachable_keeps_the_row(app: App, make_settings) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.sink import free_port
+    settings = make_settings(outbound={"relay_port": free_port()})
+    other = App(settings)
+    row_id = _enqueue(other)
+    result = sender.flush(other.sessions, other.clock, settings.outbound, other.transport)
+    assert result.retrying == 1
+    row = _row(other, row_id)
+    assert row.status == "pending" and "Connection refused" in row.last_error
+    other.close()
+
+
+def test_maildir_transport(app: App, tmp_path: Path) -> None:
+    transport = sender.MaildirTransport(str(tmp_path / "md"))
+    _enqueue(app)
+    assert sender.flush(app.sessions, app.clock, app.settings.outbound, transport).sent == 1
+    [msg] = list(mailbox.Maildir(str(tmp_path / "md")))
+    assert msg["Subject"] == "[SD-1] Test"
