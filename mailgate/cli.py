@@ -237,6 +237,10 @@ def _ticket_text(t: dict[str, Any]) -> str:
              f"  created {t['created_at']}  first response due {t['first_response_due']}"]
     if t["linked_to"]:
         lines.append(f"  linked to {t['linked_to']}")
+    if t["requester_bouncing"]:
+        b = t["requester_bouncing"]
+        lines.append(f"  WARNING: mail to {t['requester']} bounces (status {b['status']}, "
+                     f"{b['count']}x since {b['since']})")
     for m in t["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
         lines.append(f"\n{arrow} {m['created_at']} {m['kind']} from {m['from']} "
@@ -379,8 +383,9 @@ def outbox_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
         if status:
             stmt = stmt.where(Outbox.status == status)
         rows = [views.outbox_row(o) for o in session.execute(stmt).scalars()]
-    _emit(rows, as_json, lambda r: _table(r, ["id", "kind", "status", "to", "attempts",
-                                              "next_attempt_at", "subject", "last_error"]))
+    _emit(rows, as_json, lambda r: _table(r, ["id", "kind", "status", "dsn_status", "to",
+                                              "attempts", "next_attempt_at", "subject",
+                                              "last_error"]))
 
 
 @outbox.command("retry")

@@ -134,6 +134,15 @@ class AccessSettings:
 
 
 @dataclass(frozen=True)
+class AttachmentSettings:
+    # "database" lets several instances share the blobs; "directory" keeps the DB small.
+    store: str = "database"
+    directory: str = ""
+    # Larger attachments are not copied out of the raw mail (which is always kept).
+    max_size: int = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     # Fallback sweep when no in-process wake-up arrives (mail stored by `deliver` or a peer).
     poll_seconds: float = 2.0
@@ -150,6 +159,7 @@ class Settings:
     sla: SlaSettings = field(default_factory=SlaSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     state_dir: str = "var"
     templates_dir: str = str(DEFAULT_TEMPLATES_DIR)
@@ -169,6 +179,7 @@ _SECTIONS: dict[str, type] = {
     "sla": SlaSettings,
     "lifecycle": LifecycleSettings,
     "access": AccessSettings,
+    "attachments": AttachmentSettings,
     "worker": WorkerSettings,
 }
 _TOP_LEVEL = {"state_dir": str, "templates_dir": str, "log_level": str}
@@ -295,6 +306,13 @@ def _validate(s: Settings) -> None:
     if s.access.require_authentication:
         _check(bool(s.access.authserv_id), "access.authserv_id",
                "is required when access.require_authentication = true")
+    a = s.attachments
+    _check(a.store in ("database", "directory"), "attachments.store",
+           'must be "database" or "directory"')
+    if a.store == "directory":
+        _check(bool(a.directory), "attachments.directory",
+               'is required when attachments.store = "directory"')
+    _check(a.max_size >= 0, "attachments.max_size", "must be 0 or more")
     _positive("worker.poll_seconds", s.worker.poll_seconds)
     _positive("worker.batch_size", s.worker.batch_size)
     _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",

@@ -8,7 +8,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import Agent, Editor, Event, Inbound, Outbox, Site, Ticket
+from mailgate.db.models import (
+    Agent,
+    BouncingAddress,
+    Editor,
+    Event,
+    Inbound,
+    Outbox,
+    Site,
+    Ticket,
+)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -28,6 +37,10 @@ def ticket_summary(t: Ticket) -> dict[str, Any]:
 def ticket_detail(session: Session, t: Ticket) -> dict[str, Any]:
     out = ticket_summary(t)
     out["requester_name"] = t.requester_name
+    flag = session.get(BouncingAddress, t.requester)
+    out["requester_bouncing"] = ({"since": iso(flag.first_at), "count": flag.count,
+                                  "status": flag.last_status} if flag else None)
+    out["first_response_at"] = iso(t.first_response_at)
     out["language"] = t.language
     out["messages"] = [{
         "direction": m.direction, "kind": m.kind, "from": m.from_addr,
@@ -58,7 +71,7 @@ def inbound_detail(r: Inbound) -> dict[str, Any]:
     out.update(envelope_from=r.envelope_from,
                envelope_to=[a for a in r.envelope_to.split(",") if a],
                digest=r.digest, attempts=r.attempts, processed_at=iso(r.processed_at),
-               trail=r.trail or [])
+               trail=r.trail or [], authenticity=r.authenticity or None)
     return out
 
 
@@ -68,6 +81,7 @@ def outbox_row(o: Outbox) -> dict[str, Any]:
         "subject": o.subject, "message_id": o.message_id, "attempts": o.attempts,
         "next_attempt_at": iso(o.next_attempt_at), "sent_at": iso(o.sent_at),
         "last_error": o.last_error, "created_at": iso(o.created_at),
+        "dsn_status": o.dsn_status or None,
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,10 +17,12 @@ from sqlalchemy.orm import Session
 from mailgate.app import App
 from mailgate.db.engine import is_unavailable, transaction
 from mailgate.db.models import Event, Inbound, Ticket
+from mailgate.mail import authenticity, automatic
 from mailgate.mail.classify import Action, Decision, Facts, classify
+from mailgate.mail.commands import CommandError, parse_command
 from mailgate.mail.parse import ParsedMail, UnparseableMail, parse
 from mailgate.mail.references import find_tag
-from mailgate.tickets import access, service
+from mailgate.tickets import access, bounces, service
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +54,83 @@ def _find_ticket(session: Session, app: App, mail: ParsedMail) -> tuple[Ticket |
     return (ticket, found_by) if ticket is not None else (None, "")
 
 
-def gather_facts(session: Session, app: App, mail: ParsedMail) -> Facts:
+def gather_facts(session: Session, app: App, mail: ParsedMail, raw: bytes) -> Facts:
     s = app.settings
     sender = access.identify(session, mail.from_addr)
     ticket, found_by = _find_ticket(session, app, mail)
     own = s.desk.own_addresses
     loop_marker = mail.header("x-loop").lower()
-    from_us = mail.from_addr in own or any(a in loop_marker for a in own)
+    from_us = (mail.from_addr in own or any(a in loop_marker for a in own)
+               or app.desk.ids.verify(mail.message_id) is not None)
+    verdict = None
+    if s.access.require_authentication:
+        verdict = authenticity.verify(raw, mail.from_addr, s.access.authserv_id)
+    command = None
+    if sender.agent is not None and ticket is not None:
+        command = parse_command(service.display_text(mail))
     return Facts(
         mail=mail, sender=sender, from_us=from_us, ticket=ticket, found_by=found_by,
         may_write=ticket is not None and access.may_write(session, ticket, sender),
-        accept_unknown=s.access.unknown_senders == "accept")
+        accept_unknown=s.access.unknown_senders == "accept",
+        automatic=automatic.detect(mail), authenticity=verdict, command=command)
 
 
-def _apply(session: Session, app: App, row: Inbound, mail: ParsedMail,
+def _apply(session: Session, app: App, row: Inbound, mail: ParsedMail, facts: Facts,
            decision: Decision) -> None:
     now = app.clock.now()
+    desk = app.desk
+    ticket = decision.ticket
+    row.status = "ticket" if ticket is not None else "ignored"
+    row.ticket_id = ticket.id if ticket is not None else None
     if decision.action == Action.CREATE:
-        sender = access.identify(session, mail.from_addr)
-        ticket = service.create_ticket(session, app.desk, mail, row, sender, now,
+        ticket = service.create_ticket(session, desk, mail, row, facts.sender, now,
                                        linked_to=decision.ticket)
-        row.ticket_id, row.status = ticket.id, "ticket"
+        row.ticket_id = ticket.id
     elif decision.action == Action.APPEND:
-        assert decision.ticket is not None
-        service.append_follow_up(session, decision.ticket, mail, row, now)
-        row.ticket_id, row.status = decision.ticket.id, "ticket"
+        assert ticket is not None
+        service.append_follow_up(session, desk, ticket, mail, row, now)
+    elif decision.action == Action.RECORD:
+        assert ticket is not None
+        service.record_automatic(session, desk, ticket, mail, row, str(decision.kind), now)
+    elif decision.action == Action.AGENT:
+        assert ticket is not None and facts.sender.agent is not None
+        _agent(session, app, ticket, mail, row, facts, now)
+    elif decision.action == Action.BOUNCE:
+        a = facts.automatic
+        assert a is not None
+        failed = bounces.record_bounce(
+            session, row, original_ids=(*a.original_message_ids, *mail.thread_ids),
+            recipients=a.failed_recipients, status=a.dsn_status, now=now)
+        if failed and failed[0].ticket_id is not None:
+            bounced = session.get(Ticket, failed[0].ticket_id)
+            assert bounced is not None
+            service.record_automatic(session, desk, bounced, mail, row, "bounce", now)
+            row.ticket_id, row.status = bounced.id, "ticket"
+        else:
+            row.status = "ignored"
     elif decision.action == Action.REFUSE:
         row.status = "refused"
+        if not service.refuse_stranger(session, desk, mail, row, now):
+            row.reason = f"{decision.reason}; refusal suppressed (rate limit)"
+    if facts.authenticity is not None:
+        row.authenticity = ("pass: " if facts.authenticity.verified else "fail: ") + \
+            facts.authenticity.evidence[:190]
+
+
+def _agent(session: Session, app: App, ticket: Ticket, mail: ParsedMail, row: Inbound,
+           facts: Facts, now: datetime) -> None:
+    agent = facts.sender.agent
+    assert agent is not None
+    command = facts.command
+    text = command.text if command else service.display_text(mail)
+    if command is not None and command.note:
+        service.agent_note(session, app.desk, ticket, mail, row, text, now)
+    elif text.strip():
+        service.agent_reply(session, app.desk, ticket, mail, row, agent, text, now)
     else:
-        row.status = "ignored"
+        service.agent_note(session, app.desk, ticket, mail, row, text, now)
+    if command is not None and command.state is not None:
+        service.agent_status(session, ticket, command.state, row, now, agent)
 
 
 def process_one(app: App, inbound_id: int) -> str | None:
@@ -92,9 +143,10 @@ def process_one(app: App, inbound_id: int) -> str | None:
             if row is None:
                 return None
             mail = parse(row.raw)
-            decision, trail = classify(gather_facts(session, app, mail))
-            _apply(session, app, row, mail, decision)
+            facts = gather_facts(session, app, mail, row.raw)
+            decision, trail = classify(facts)
             row.kind, row.reason, row.trail = decision.kind, decision.reason, trail
+            _apply(session, app, row, mail, facts, decision)
             row.processed_at = app.clock.now()
             row.attempts += 1
             session.add(Event(at=row.processed_at, kind=f"inbound.{row.status}",
@@ -105,6 +157,7 @@ def process_one(app: App, inbound_id: int) -> str | None:
         if is_unavailable(exc):
             raise
         reason = (f"unparseable: {exc}" if isinstance(exc, UnparseableMail)
+                  else f"agent command: {exc}" if isinstance(exc, CommandError)
                   else f"{type(exc).__name__}: {exc}")
         log.warning("inbound %s quarantined: %s", inbound_id, reason)
         detail = "".join(traceback.format_exception_only(exc)).strip()

@@ -138,6 +138,7 @@ class Ticket(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     first_response_due: Mapped[datetime | None]
+    first_response_at: Mapped[datetime | None]
     remind_at: Mapped[datetime | None]
     close_at: Mapped[datetime | None]
     linked_to_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"))
@@ -170,6 +171,8 @@ class Inbound(Base):
     trail: Mapped[list[Any]] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(default=0)
     processed_at: Mapped[datetime | None]
+    # Sender authenticity ("pass", "fail", "none" or "" when not checked), DESIGN access rules.
+    authenticity: Mapped[str] = mapped_column(String(200), default="")
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"))
     ticket: Mapped[Ticket | None] = relationship()
 
@@ -203,7 +206,10 @@ class Blob(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int]
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # "database": bytes in `data`; "directory": a file named by the hash; "raw": over the
+    # size cap, so only in the stored raw mail.
+    location: Mapped[str] = mapped_column(String(10), default="database")
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Attachment(Base):
@@ -229,6 +235,8 @@ class Outbox(Base):
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"))
     kind: Mapped[str] = mapped_column(String(30))
     sender: Mapped[str] = mapped_column(String(254))
+    # Enhanced status code from a bounce (DSN) of this mail, e.g. "5.1.1".
+    dsn_status: Mapped[str] = mapped_column(String(20), default="")
     recipients: Mapped[str] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     subject: Mapped[str] = mapped_column(String(998), default="")
@@ -255,3 +263,30 @@ class Event(Base):
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class AutoAnswer(Base):
+    """Automatic mails sent (or suppressed) per address: the loop brake of RFC 3834 §2."""
+
+    __tablename__ = "auto_answer"
+    __table_args__ = (Index("ix_auto_answer_address_at", "address", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(254))
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(30))
+    suppressed: Mapped[bool] = mapped_column(default=False)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"))
+
+
+class BouncingAddress(Base):
+    """Addresses our mail bounced from, so agents see why an editor hears nothing."""
+
+    __tablename__ = "bouncing_address"
+
+    address: Mapped[str] = mapped_column(String(254), primary_key=True)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    count: Mapped[int] = mapped_column(default=1)
+    last_status: Mapped[str] = mapped_column(String(20), default="")
+    last_inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"))

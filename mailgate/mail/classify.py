@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mailgate.db.models import Ticket
+from mailgate.mail.authenticity import Verdict
+from mailgate.mail.automatic import Automatic
+from mailgate.mail.commands import AgentCommand
 from mailgate.mail.parse import ParsedMail
 from mailgate.tickets.access import Sender
 from mailgate.tickets.states import State
@@ -21,15 +24,24 @@ class Kind(StrEnum):
     NEW = "new-request"
     FOLLOW_UP = "follow-up"
     REOPEN = "after-close"
+    AGENT_REPLY = "agent-reply"
+    AGENT_COMMAND = "agent-command"
+    AUTO_REPLY = "auto-reply"
+    BOUNCE = "bounce"
+    BULK = "bulk"
     LOOP = "loop"
+    UNVERIFIED = "unverified"
     STRANGER = "stranger"
 
 
 class Action(StrEnum):
     CREATE = "create"        # new ticket (linked to `ticket` if set)
     APPEND = "append"        # onto `ticket`
-    IGNORE = "ignore"        # recorded, nothing sent
-    REFUSE = "refuse"        # stranger: no ticket
+    RECORD = "record"        # onto `ticket` for agents to see; no answer, no state change
+    BOUNCE = "bounce"        # mark our outgoing mail failed, flag the address
+    AGENT = "agent"          # agent's reply, note or command on `ticket`
+    IGNORE = "ignore"        # kept in inbound, nothing sent
+    REFUSE = "refuse"        # stranger: polite refusal, no ticket
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,9 @@ class Facts:
     found_by: str              # "references", "subject tag" or ""
     may_write: bool
     accept_unknown: bool
+    automatic: Automatic | None = None
+    authenticity: Verdict | None = None   # None: not required by config
+    command: AgentCommand | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +73,57 @@ Rule = Callable[[Facts], Decision | None]
 def loop(f: Facts) -> Decision | None:
     if f.from_us:
         return Decision(Kind.LOOP, Action.IGNORE, "loop",
-                        f"sent by our own address {f.mail.from_addr}")
+                        f"sent by our own address or marked with our X-Loop "
+                        f"({f.mail.from_addr})")
     return None
+
+
+def bounce(f: Facts) -> Decision | None:
+    a = f.automatic
+    if a is None or a.kind != "bounce":
+        return None
+    return Decision(Kind.BOUNCE, Action.BOUNCE, "bounce",
+                    f"delivery failure report ({a.evidence})"
+                    + (f", status {a.dsn_status}" if a.dsn_status else ""))
+
+
+def auto_reply(f: Facts) -> Decision | None:
+    a = f.automatic
+    if a is None or a.kind != "auto-reply":
+        return None
+    # An out-of-office that answers our signed mail belongs on that ticket; one that only
+    # quotes a tag is trusted only from someone who may write to the ticket.
+    if f.ticket is not None and (f.found_by == "references" or f.may_write):
+        return Decision(Kind.AUTO_REPLY, Action.RECORD, "auto-reply",
+                        f"automatic reply ({a.evidence}), recorded on {f.ticket.ref}",
+                        f.ticket)
+    return Decision(Kind.AUTO_REPLY, Action.IGNORE, "auto-reply",
+                    f"automatic reply ({a.evidence}), no ticket to record it on")
+
+
+def bulk(f: Facts) -> Decision | None:
+    a = f.automatic
+    if a is None or a.kind != "bulk":
+        return None
+    return Decision(Kind.BULK, Action.IGNORE, "bulk", f"list or bulk mail ({a.evidence})")
+
+
+def unverified(f: Facts) -> Decision | None:
+    v = f.authenticity
+    if v is None or v.verified:
+        return None
+    return Decision(Kind.UNVERIFIED, Action.IGNORE, "unverified-sender",
+                    f"sender {f.mail.from_addr} not authenticated: {v.evidence}")
+
+
+def agent_mail(f: Facts) -> Decision | None:
+    if f.sender.agent is None or f.ticket is None:
+        return None
+    if f.command is not None:
+        return Decision(Kind.AGENT_COMMAND, Action.AGENT, "agent-command",
+                        f"agent {f.mail.from_addr} on {f.ticket.ref} ({f.found_by})", f.ticket)
+    return Decision(Kind.AGENT_REPLY, Action.AGENT, "agent-reply",
+                    f"agent {f.mail.from_addr} answers {f.ticket.ref} ({f.found_by})", f.ticket)
 
 
 def follow_up(f: Facts) -> Decision | None:
@@ -92,9 +156,16 @@ def unknown_sender(f: Facts) -> Decision | None:
                     f"{f.mail.from_addr} is neither a registered editor nor an agent")
 
 
-# First hit wins. Order matters: a loop is never answered, whatever else it looks like.
+# First hit wins. Order matters: a loop is never answered, whatever else it looks like;
+# machines (bounces, auto-replies, lists) are recognised before anyone's rights are looked
+# at; an unauthenticated sender gets nothing; agents before editors.
 RULES: tuple[tuple[str, Rule], ...] = (
     ("loop", loop),
+    ("bounce", bounce),
+    ("auto-reply", auto_reply),
+    ("bulk", bulk),
+    ("unverified-sender", unverified),
+    ("agent", agent_mail),
     ("follow-up", follow_up),
     ("known-sender", known_sender),
     ("unknown-sender", unknown_sender),

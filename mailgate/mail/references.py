@@ -47,6 +47,11 @@ def find_tag(prefix: str, subject: str) -> TicketRef | None:
     return TicketRef(prefix, int(m.group(1))) if m else None
 
 
+def remove_tags(prefix: str, subject: str) -> str:
+    return re.sub(rf"\s*\[\s*{re.escape(prefix)}\s*-\s*\d{{1,12}}\s*\]", "", subject,
+                  flags=re.IGNORECASE).strip()
+
+
 def strip_prefixes(subject: str, prefix: str | None = None) -> str:
     """Subject without reply/forward prefixes and (if ``prefix`` given) our ticket tags."""
     s = subject

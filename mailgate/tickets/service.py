@@ -1,24 +1,26 @@
 """The ticket service: creates tickets, appends mail to them, and writes the mails that
-follow (acknowledgement) into the outbox, all inside the caller's transaction."""
+follow (acknowledgement, relayed agent answers, refusals) into the outbox, all inside the
+caller's transaction."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from mailgate import blobs
 from mailgate.calendar import BusinessCalendar
 from mailgate.config import Settings
-from mailgate.db.models import Attachment, Blob, Counter, Event, Inbound, Message, Site, Ticket
+from mailgate.db.models import Agent, Attachment, Counter, Event, Inbound, Message, Site, Ticket
 from mailgate.mail.attachments import display_name
 from mailgate.mail.parse import ParsedMail
-from mailgate.mail.references import MessageIds, TicketRef, strip_prefixes
+from mailgate.mail.references import MessageIds, TicketRef, remove_tags, strip_prefixes
 from mailgate.outbound.compose import Outgoing
 from mailgate.outbound.outbox import enqueue
 from mailgate.outbound.render import Renderer
+from mailgate.tickets import autoanswer
 from mailgate.tickets.access import Sender
 from mailgate.tickets.completeness import find_site_id, missing_items
 from mailgate.tickets.states import State, after_requester_mail
@@ -26,7 +28,7 @@ from mailgate.tickets.states import State, after_requester_mail
 
 @dataclass(frozen=True)
 class Desk:
-    """What the service needs from outside: settings, clock reading, ids, texts, calendar."""
+    """What the service needs from outside: settings, ids, texts, calendar."""
 
     settings: Settings
     ids: MessageIds
@@ -40,29 +42,43 @@ def next_number(session: Session) -> int:
         .returning(Counter.value)).scalar_one())
 
 
-def _store_blob(session: Session, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    if session.get(Blob, digest) is None:
-        session.add(Blob(sha256=digest, size=len(data), data=data))
-        session.flush()
-    return digest
+def display_text(mail: ParsedMail) -> str:
+    """What agents read: the new part of the mail (the raw mail keeps the rest)."""
+    return getattr(mail, "new_text", "") or mail.text
 
 
-def add_message(session: Session, ticket: Ticket, mail: ParsedMail, inbound: Inbound,
-                kind: str, now: datetime) -> Message:
+def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
+                inbound: Inbound, kind: str, now: datetime) -> Message:
     msg = Message(
         ticket_id=ticket.id, inbound_id=inbound.id, direction="in", kind=kind,
         from_addr=mail.from_addr, to_addrs=",".join(mail.to), cc_addrs=",".join(mail.cc),
         subject=mail.subject, message_id=mail.message_id or inbound.message_id,
-        body_text=mail.text, created_at=now)
+        body_text=display_text(mail), created_at=now)
     session.add(msg)
     session.flush()
     for att in mail.attachments:
         session.add(Attachment(
             message_id=msg.id, filename=display_name(att.filename, att.content_type),
             content_type=att.content_type[:255], content_id=att.content_id[:998],
-            size=len(att.payload), sha256=_store_blob(session, att.payload)))
+            size=len(att.payload),
+            sha256=blobs.put(session, desk.settings.attachments, att.payload)))
     return msg
+
+
+def _event(session: Session, now: datetime, kind: str, ticket: Ticket | None,
+           inbound: Inbound | None, **detail: object) -> None:
+    session.add(Event(at=now, kind=kind, ticket_id=ticket.id if ticket else None,
+                      inbound_id=inbound.id if inbound else None, detail=detail))
+
+
+def _set_state(session: Session, ticket: Ticket, new: State, inbound: Inbound | None,
+               now: datetime, by: str) -> None:
+    old = State(ticket.state)
+    if old == new:
+        return
+    ticket.state = new
+    ticket.updated_at = now
+    _event(session, now, "ticket.state", ticket, inbound, **{"from": old, "to": new, "by": by})
 
 
 def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbound,
@@ -82,57 +98,150 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
         requester_name=(editor.name if editor and editor.name else mail.from_name)[:200],
         subject=subject[:998], language=language, created_at=now, updated_at=now,
         first_response_due=desk.calendar.add_business_hours(now, s.sla.first_response_hours),
-        remind_at=None, close_at=None, linked_to_id=linked_to.id if linked_to else None)
+        first_response_at=None, remind_at=None, close_at=None,
+        linked_to_id=linked_to.id if linked_to else None)
     session.add(ticket)
     session.flush()
-    add_message(session, ticket, mail, inbound, "request", now)
-    session.add(Event(at=now, kind="ticket.created", ticket_id=ticket.id, inbound_id=inbound.id,
-                      detail={"ref": ticket.ref, "requester": ticket.requester,
-                              "linked_to": linked_to.ref if linked_to else None}))
-    missing = missing_items(mail, site_id=site_id,
-                            name=editor.name if editor else "",
+    add_message(session, desk, ticket, mail, inbound, "request", now)
+    _event(session, now, "ticket.created", ticket, inbound, ref=ticket.ref,
+           requester=ticket.requester, linked_to=linked_to.ref if linked_to else None)
+    missing = missing_items(mail, site_id=site_id, name=editor.name if editor else "",
                             phone=editor.phone if editor else "")
     _acknowledge(session, desk, ticket, mail, inbound, now, missing, linked_to)
     return ticket
+
+
+def _answer_to(mail: ParsedMail) -> str:
+    return mail.reply_to or mail.from_addr
+
+
+def _thread(mail: ParsedMail) -> tuple[str, tuple[str, ...]]:
+    refs = (*mail.references, mail.message_id) if mail.message_id else mail.references
+    return mail.message_id, refs
 
 
 def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
                  inbound: Inbound, now: datetime, missing: list[str],
                  linked_to: Ticket | None) -> None:
     s = desk.settings
+    to = _answer_to(mail)
+    if not autoanswer.allow(session, to, "ack", now, s.access.auto_replies_per_hour,
+                            inbound.id, ticket.id):
+        return
     ref = TicketRef(s.desk.ticket_prefix, ticket.number)
     due_local = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
     language, body = desk.renderer.render(
         "ack", ticket.language, ticket=ticket, ref=str(ref), desk=s.desk,
         name=ticket.requester_name, missing=missing, due=due_local, linked_to=linked_to,
         hours=s.sla.first_response_hours)
-    to = mail.reply_to or mail.from_addr
+    in_reply_to, refs = _thread(mail)
     out = Outgoing(
         from_name=s.desk.name, from_addr=s.desk.address, to=(to,),
         subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
-        in_reply_to=mail.message_id, references=(*mail.references, mail.message_id)
-        if mail.message_id else mail.references, auto_submitted="auto-replied",
+        in_reply_to=in_reply_to, references=refs, auto_submitted="auto-replied",
         language=language, loop_marker=s.desk.address, date=now)
-    row = enqueue(session, out, "ack", ticket_id=ticket.id, inbound_id=inbound.id)
-    session.add(Message(
-        ticket_id=ticket.id, inbound_id=None, direction="out", kind="ack",
-        from_addr=s.desk.address, to_addrs=to, cc_addrs="", subject=out.subject,
-        message_id=row.message_id, body_text=body, created_at=now))
+    _send(session, out, "ack", ticket, inbound, body)
 
 
-def append_follow_up(session: Session, ticket: Ticket, mail: ParsedMail, inbound: Inbound,
-                     now: datetime) -> Message:
-    msg = add_message(session, ticket, mail, inbound, "follow-up", now)
-    before = State(ticket.state)
-    after = after_requester_mail(before) if mail.from_addr == ticket.requester else before
+def _send(session: Session, out: Outgoing, kind: str, ticket: Ticket | None,
+          inbound: Inbound | None, body: str) -> None:
+    row = enqueue(session, out, kind, ticket_id=ticket.id if ticket else None,
+                  inbound_id=inbound.id if inbound else None)
+    if ticket is not None:
+        session.add(Message(
+            ticket_id=ticket.id, inbound_id=None, direction="out", kind=kind,
+            from_addr=out.from_addr, to_addrs=",".join(out.to), cc_addrs="",
+            subject=out.subject, message_id=row.message_id, body_text=body,
+            created_at=out.date or ticket.updated_at))
+
+
+def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
+                     inbound: Inbound, now: datetime) -> Message:
+    msg = add_message(session, desk, ticket, mail, inbound, "follow-up", now)
     ticket.updated_at = now
-    if after != before:
-        ticket.state = after
-        session.add(Event(at=now, kind="ticket.state", ticket_id=ticket.id,
-                          inbound_id=inbound.id, detail={"from": before, "to": after}))
-    session.add(Event(at=now, kind="ticket.follow_up", ticket_id=ticket.id,
-                      inbound_id=inbound.id, detail={"from": mail.from_addr}))
+    if mail.from_addr == ticket.requester:
+        _set_state(session, ticket, after_requester_mail(State(ticket.state)), inbound, now,
+                   by=mail.from_addr)
+    _event(session, now, "ticket.follow_up", ticket, inbound, **{"from": mail.from_addr})
     return msg
+
+
+def record_automatic(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
+                     inbound: Inbound, kind: str, now: datetime) -> Message:
+    """An out-of-office or bounce on a ticket: visible to agents, and nothing else —
+    no answer, no state change, no clock touched (not even updated_at)."""
+    msg = add_message(session, desk, ticket, mail, inbound, kind, now)
+    _event(session, now, f"ticket.{kind}", ticket, inbound, **{"from": mail.from_addr})
+    return msg
+
+
+def agent_note(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
+               inbound: Inbound, text: str, now: datetime) -> Message:
+    msg = add_message(session, desk, ticket, mail, inbound, "note", now)
+    msg.body_text = text
+    ticket.updated_at = now
+    _event(session, now, "ticket.note", ticket, inbound, by=mail.from_addr)
+    return msg
+
+
+def agent_status(session: Session, ticket: Ticket, state: State, inbound: Inbound,
+                 now: datetime, agent: Agent) -> None:
+    _set_state(session, ticket, state, inbound, now, by=agent.email)
+
+
+def agent_reply(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
+                inbound: Inbound, agent: Agent, text: str, now: datetime) -> None:
+    """An agent's answer from their own mail client, relayed to the requester from the
+    desk's address (agents' own addresses stay out of editors' address books)."""
+    s = desk.settings
+    msg = add_message(session, desk, ticket, mail, inbound, "agent-reply", now)
+    msg.body_text = text
+    ref = TicketRef(s.desk.ticket_prefix, ticket.number)
+    language, body = desk.renderer.render(
+        "reply", ticket.language, body=text.strip(), ref=str(ref), desk=s.desk,
+        agent_name=agent.name or s.desk.name)
+    last_in = session.execute(
+        select(Message.message_id).where(Message.ticket_id == ticket.id,
+                                         Message.direction == "in",
+                                         Message.from_addr == ticket.requester)
+        .order_by(Message.id.desc()).limit(1)).scalar_one_or_none() or ""
+    out = Outgoing(
+        from_name=f"{agent.name} ({s.desk.name})" if agent.name else s.desk.name,
+        from_addr=s.desk.address, to=(ticket.requester,),
+        subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
+        in_reply_to=last_in, references=(last_in,) if last_in else (),
+        auto_submitted="", language=language, loop_marker=s.desk.address, date=now)
+    _send(session, out, "reply", ticket, inbound, body)
+    if ticket.first_response_at is None:
+        ticket.first_response_at = now
+    if ticket.state == State.NEW:
+        _set_state(session, ticket, State.OPEN, inbound, now, by=agent.email)
+    ticket.updated_at = now
+
+
+def refuse_stranger(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbound,
+                    now: datetime) -> bool:
+    """A polite refusal that says who may use the desk; rate-limited. True if sent."""
+    s = desk.settings
+    to = _answer_to(mail)
+    if not autoanswer.allow(session, to, "refusal", now, s.access.auto_replies_per_hour,
+                            inbound.id):
+        return False
+    # Echo the stranger's subject without any ticket tag: they learn nothing of a ticket.
+    subject = strip_prefixes(remove_tags(s.desk.ticket_prefix, mail.subject),
+                             s.desk.ticket_prefix)
+    language, body = desk.renderer.render(
+        "refused", s.desk.default_language, subject=subject[:200], sender=mail.from_addr,
+        desk=s.desk)
+    in_reply_to, refs = _thread(mail)
+    out = Outgoing(
+        from_name=s.desk.name, from_addr=s.desk.address, to=(to,),
+        subject=f"Re: {subject}" if subject else s.desk.name, body=body,
+        message_id=desk.ids.make(None), in_reply_to=in_reply_to, references=refs,
+        auto_submitted="auto-replied", language=language, loop_marker=s.desk.address,
+        date=now)
+    _send(session, out, "refusal", None, inbound, body)
+    return True
 
 
 def seed_counter(session: Session) -> None:
