@@ -85,7 +85,7 @@ def _apply(session: Session, app: App, row: Inbound, mail: ParsedMail, facts: Fa
     if decision.action == Action.CREATE:
         ticket = service.create_ticket(session, desk, mail, row, facts.sender, now,
                                        linked_to=decision.ticket)
-        row.ticket_id = ticket.id
+        row.ticket_id, row.status = ticket.id, "ticket"
     elif decision.action == Action.APPEND:
         assert ticket is not None
         service.append_follow_up(session, desk, ticket, mail, row, now)

@@ -213,3 +213,33 @@ def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
         stop.set()
         t.join(5)
         d.stop()
+
+
+def test_require_authentication_answers_only_verified_senders(
+        make_settings, sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
+    from mailgate.db.migrate import upgrade
+    from tests.conftest import register_demo
+
+    app = App(make_settings(access={"require_authentication": True,
+                                    "authserv_id": "mx.desk.example"}))
+    upgrade(app.engine)
+    register_demo(app)
+    d = RunningDaemon(app).start()
+    try:
+        passed = "dkim=pass header.d=site1234.example.be"
+        forged = make_mail(EDITOR, "Vervalst", headers={
+            "Authentication-Results": f"mx.attacker.example; {passed}"})
+        send(d.port, forged)
+        good = make_mail(EDITOR, "Echt", headers={
+            "Authentication-Results": f"mx.desk.example; {passed}"})
+        send(d.port, good)
+        rows = _settled(app, 2)
+        assert (rows[0].status, rows[0].kind) == ("ignored", "unverified")
+        assert rows[0].authenticity.startswith("fail:")
+        assert rows[1].status == "ticket", rows[1].reason
+        assert rows[1].authenticity.startswith("pass:")
+        [ack] = sink.wait_for(1)
+        assert ack["Subject"] == "[SD-1] Echt"
+    finally:
+        d.stop()
+        app.close()
