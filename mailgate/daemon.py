@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from mailgate import scheduler, systemd
 from mailgate.app import App
 from mailgate.db.migrate import require_current
+from mailgate.inbound.imap import ImapPollers
 from mailgate.inbound.smtp import DeskHandler, smtp_factory
 from mailgate.inbound.store import store_raw
 from mailgate.outbound import sender
@@ -28,6 +29,7 @@ class Daemon:
         self.app = app
         self.extra_tasks = extra_tasks
         self.smtp_port: int | None = None
+        self.imap: ImapPollers | None = None
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -106,6 +108,9 @@ class Daemon:
                  asyncio.create_task(self._sender_loop(), name="sender")]
         tasks += [asyncio.create_task(t(self), name=getattr(t, "__name__", "extra"))
                   for t in self.extra_tasks]
+        # One thread per [[imap]] account: imapclient blocks, the event loop must not.
+        self.imap = imap = ImapPollers(self.app, on_processed=self.wake_sender)
+        imap.start()
         interval = systemd.watchdog_interval()
         sched = scheduler.build(s.worker.poll_seconds, self.wake_worker, self.wake_sender,
                                 (interval, lambda: systemd.notify("WATCHDOG=1"))
@@ -131,6 +136,8 @@ class Daemon:
                     await asyncio.wait_for(server.wait_closed(), timeout=5)
                 except TimeoutError:
                     log.warning("SMTP clients still connected at stop")
+            # Before the loop ends: the pollers call wake_sender() into it.
+            await asyncio.to_thread(imap.stop)
             sched.shutdown(wait=False)
             self._work.set()
             self._send.set()
