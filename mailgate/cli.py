@@ -21,7 +21,7 @@ from mailgate import config as config_mod
 from mailgate import views
 from mailgate.app import App
 from mailgate.clock import FixedClock, parse_iso
-from mailgate.db.engine import is_unavailable, transaction
+from mailgate.db.engine import is_unavailable, reading, transaction
 from mailgate.db.migrate import SchemaOutdated, current_revision, head_revision, upgrade
 from mailgate.db.models import Agent, Editor, Inbound, Outbox, Site, Ticket
 from mailgate.mail.references import parse_ref
@@ -56,9 +56,9 @@ def _app(ctx: click.Context, clock_at: str | None = None) -> App:
 
 
 @contextmanager
-def _tx(app: App) -> Iterator[Session]:
+def _tx(app: App, write: bool = True) -> Iterator[Session]:
     try:
-        with transaction(app.sessions) as session:
+        with (transaction if write else reading)(app.sessions) as session:
             yield session
     except registry.RegistryError as exc:
         raise Fail(str(exc), EX_DATAERR) from exc
@@ -220,7 +220,7 @@ def tickets() -> None:
 @click.pass_context
 def tickets_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
     app = _app(ctx)
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         stmt = select(Ticket).order_by(Ticket.number)
         if state:
             stmt = stmt.where(Ticket.state == state)
@@ -259,7 +259,7 @@ def _ticket_text(t: dict[str, Any]) -> str:
 def tickets_show(ctx: click.Context, ref: str, as_json: bool) -> None:
     app = _app(ctx)
     parsed = parse_ref(app.settings.desk.ticket_prefix, ref)
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         ticket = session.execute(select(Ticket).where(
             Ticket.ref == str(parsed))).scalar_one_or_none() if parsed else None
         if ticket is None:
@@ -276,7 +276,7 @@ def inbound() -> None:
 
 
 def _inbound_rows(app: App, status: str | None) -> list[dict[str, Any]]:
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         stmt = select(Inbound).order_by(Inbound.id)
         if status:
             stmt = stmt.where(Inbound.status == status)
@@ -308,7 +308,7 @@ def _inbound_text(d: dict[str, Any]) -> str:
 
 
 def _show_inbound(app: App, inbound_id: int, as_json: bool, raw: bool) -> None:
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         row = session.get(Inbound, inbound_id)
         if row is None:
             raise Fail(f"no inbound {inbound_id}", EX_NOINPUT)
@@ -378,7 +378,7 @@ def outbox() -> None:
 @click.pass_context
 def outbox_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
     app = _app(ctx)
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         stmt = select(Outbox).order_by(Outbox.id)
         if status:
             stmt = stmt.where(Outbox.status == status)
@@ -424,7 +424,7 @@ def sites_add(ctx: click.Context, site_id: str, name: str) -> None:
 @click.pass_context
 def sites_list(ctx: click.Context, as_json: bool) -> None:
     app = _app(ctx)
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         rows = [views.site_row(s) for s in
                 session.execute(select(Site).order_by(Site.site_id)).scalars()]
     _emit(rows, as_json, lambda r: _table(
@@ -469,7 +469,7 @@ def editors_add(ctx: click.Context, site_id: str, email: str, name: str, phone: 
 @click.pass_context
 def editors_list(ctx: click.Context, site_id: str | None, as_json: bool) -> None:
     app = _app(ctx)
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         stmt = select(Editor).order_by(Editor.site_id, Editor.slot)
         if site_id:
             stmt = stmt.where(Editor.site_id == site_id)
@@ -508,7 +508,7 @@ def agents_add(ctx: click.Context, email: str, name: str) -> None:
 @click.pass_context
 def agents_list(ctx: click.Context, as_json: bool) -> None:
     app = _app(ctx)
-    with _tx(app) as session:
+    with _tx(app, write=False) as session:
         rows = [views.agent_row(a) for a in
                 session.execute(select(Agent).order_by(Agent.email)).scalars()]
     _emit(rows, as_json, lambda r: _table(r, ["email", "name"]))

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate.app import App
-from mailgate.db.engine import is_unavailable, transaction
+from mailgate.db.engine import is_unavailable, reading, transaction
 from mailgate.db.models import Event, Inbound, Ticket
 from mailgate.mail import authenticity, automatic
 from mailgate.mail.classify import Action, Decision, Facts, classify
@@ -35,7 +35,7 @@ class BatchResult:
 
 
 def pending_ids(app: App, limit: int) -> list[int]:
-    with app.sessions() as session:
+    with reading(app.sessions) as session:
         return list(session.execute(
             select(Inbound.id).where(Inbound.status == "pending")
             .order_by(Inbound.id).limit(limit)).scalars())

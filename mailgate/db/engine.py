@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.config import DatabaseSettings
 
+READ_ONLY = "mailgate_read_only"
+
 
 class StorageUnavailable(Exception):
     """The database cannot take a write now; the caller must make the sender retry."""
@@ -45,8 +47,12 @@ def make_engine(db: DatabaseSettings) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # IMMEDIATE takes the write lock up front: no deadlock-prone lock upgrades.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the lock up front (IMMEDIATE): no deadlock-prone lock upgrades.
+            # Readers (`reading`) take none, so a CLI listing never queues behind the daemon.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
@@ -63,6 +69,15 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, StorageUnavailable | OperationalError | SAInterfaceError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads only: on SQLite it does not take the write lock."""
+    with factory() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
+        session.rollback()
 
 
 @contextmanager
