@@ -46,8 +46,11 @@ def _app(ctx: click.Context, clock_at: str | None = None) -> App:
         raise Fail(f"configuration error: {exc}", EX_CONFIG) from exc
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "apscheduler", "mail-parser", "mailparser"):
+    for noisy in ("alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # mail-parser warns about every MIME part type it does not render; the raw mail is
+    # kept whole, so those warnings say nothing ops can act on.
+    logging.getLogger("mailparser").setLevel(logging.ERROR)
     app = App(settings)
     if clock_at:
         app.clock = FixedClock(parse_iso(clock_at))

@@ -61,7 +61,7 @@ def gather_facts(session: Session, app: App, mail: ParsedMail, raw: bytes) -> Fa
     own = s.desk.own_addresses
     loop_marker = mail.header("x-loop").lower()
     from_us = (mail.from_addr in own or any(a in loop_marker for a in own)
-               or app.desk.ids.verify(mail.message_id) is not None)
+               or app.desk.ids.is_ours(mail.message_id))
     verdict = None
     if s.access.require_authentication:
         verdict = authenticity.verify(raw, mail.from_addr, s.access.authserv_id)

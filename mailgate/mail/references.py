@@ -94,7 +94,12 @@ class MessageIds:
         return parse_ref(self.prefix, ref)
 
     def is_ours(self, message_id: str) -> bool:
-        return message_id.lower().endswith(f"@{self.domain.lower()}>")
+        """Made by `make` (signed ticket IDs, or the unsigned form for mail without a
+        ticket). Only our exact formats count: editors may share the desk's domain."""
+        if self.verify(message_id) is not None:
+            return True
+        return bool(re.fullmatch(rf"<mg\.[0-9a-f]{{10}}\.[0-9a-f]{{16}}@{re.escape(self.domain)}>",
+                                 message_id.strip(), re.IGNORECASE))
 
     def find(self, message_ids: tuple[str, ...]) -> TicketRef | None:
         """The ticket the nearest verifiable ID points at."""

@@ -35,3 +35,10 @@ def test_signed_message_ids() -> None:
     assert MessageIds("z" * 32, "desk.example", "SD").verify(mid) is None
     assert ids.verify("<SD-7@desk.example>") is None
     assert ids.make(None) != ids.make(None)
+
+
+def test_is_ours_only_for_our_exact_formats() -> None:
+    ids = MessageIds("k" * 32, "desk.example", "SD")
+    assert ids.is_ours(ids.make(TicketRef("SD", 3))) and ids.is_ours(ids.make(None))
+    # An editor's own mail server may use the desk's domain too.
+    assert not ids.is_ours("<CAF12345.abc@desk.example>")

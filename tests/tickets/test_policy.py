@@ -243,3 +243,16 @@ def test_require_authentication_answers_only_verified_senders(
     finally:
         d.stop()
         app.close()
+
+
+def test_our_own_mail_coming_back_is_never_answered(
+        daemon: RunningDaemon, sink: SmtpSink) -> None:
+    ack_id = _first_ticket(daemon, sink)
+    send(daemon.port, make_mail(DESK, "Echo van onszelf"))
+    send(daemon.port, make_mail(EDITOR, "Doorgestuurd door een lijst",
+                                headers={"X-Loop": DESK}))
+    send(daemon.port, make_mail(EDITOR, "Onze eigen mail, teruggekaatst",
+                                message_id=ack_id))
+    rows = _settled(daemon.app, 4)
+    assert [(r.status, r.kind) for r in rows[1:]] == [("ignored", "loop")] * 3
+    assert len(sink.messages) == 1
