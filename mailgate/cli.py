@@ -46,7 +46,8 @@ def _app(ctx: click.Context, clock_at: str | None = None) -> App:
         raise Fail(f"configuration error: {exc}", EX_CONFIG) from exc
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "apscheduler"):
+    # aiosmtpd's "mail.log" writes five INFO lines per mail: noise at a desk's volume.
+    for noisy in ("alembic", "apscheduler", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     # mail-parser warns about every MIME part type it does not render; the raw mail is
     # kept whole, so those warnings say nothing ops can act on.

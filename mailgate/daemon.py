@@ -9,13 +9,15 @@ import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 
 from mailgate import scheduler, systemd
 from mailgate.app import App
 from mailgate.db.migrate import require_current
 from mailgate.inbound.imap import ImapPollers
+from mailgate.inbound.intake import IntakeWriter
 from mailgate.inbound.smtp import DeskHandler, smtp_factory
-from mailgate.inbound.store import store_raw
+from mailgate.inbound.store import Arrival, Stored
 from mailgate.outbound import sender
 from mailgate.worker import process_pending
 
@@ -29,6 +31,7 @@ class Daemon:
         self.app = app
         self.extra_tasks = extra_tasks
         self.smtp_port: int | None = None
+        self.intake = IntakeWriter(app.sessions, app.clock)
         self.imap: ImapPollers | None = None
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -49,9 +52,8 @@ class Daemon:
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
 
-    def store(self, raw: bytes, channel: str, mail_from: str, rcpt_tos: list[str]) -> int:
-        return store_raw(self.app.sessions, self.app.clock, raw, channel, mail_from,
-                         rcpt_tos).inbound_id
+    def _submit(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Future[Stored]:
+        return self.intake.submit(Arrival(raw, "smtp", mail_from, tuple(rcpt_tos)))
 
     async def _worker_loop(self) -> None:
         assert self._work and self._stop
@@ -61,7 +63,8 @@ class Daemon:
                 await asyncio.wait_for(self._work.wait(), timeout=poll)
             self._work.clear()
             try:
-                result = await asyncio.to_thread(process_pending, self.app)
+                result = await asyncio.to_thread(
+                    process_pending, self.app, None, self.intake.busy, self.wake_sender)
             except Exception:
                 log.exception("worker pass failed; retrying on the next pass")
                 continue
@@ -94,11 +97,10 @@ class Daemon:
         await asyncio.to_thread(require_current, self.app.engine)
         await asyncio.to_thread(lambda: self.app.desk)  # loads the signing secret once
         server = None
+        self.intake.start()
         if s.smtp.enabled:
-            handler = DeskHandler(
-                s.desk.own_addresses,
-                lambda raw, mail_from, rcpts: self.store(raw, "smtp", mail_from, rcpts),
-                s.smtp.max_recipients, on_stored=self.wake_worker)
+            handler = DeskHandler(s.desk.own_addresses, self._submit, s.smtp.max_recipients,
+                                  on_stored=self.wake_worker)
             server = await self._loop.create_server(
                 smtp_factory(handler, socket.getfqdn(), s.smtp.max_message_size),
                 host=s.smtp.host, port=s.smtp.port, reuse_address=True)
@@ -139,6 +141,7 @@ class Daemon:
             # Before the loop ends: the pollers call wake_sender() into it.
             await asyncio.to_thread(imap.stop)
             sched.shutdown(wait=False)
+            await asyncio.to_thread(self.intake.stop)
             self._work.set()
             self._send.set()
             await asyncio.gather(*tasks, return_exceptions=True)

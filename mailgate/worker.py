@@ -7,7 +7,9 @@ goes on; a storage outage stops the batch and leaves the mail pending for the ne
 from __future__ import annotations
 
 import logging
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -178,18 +180,32 @@ def quarantine(app: App, inbound_id: int, reason: str, detail: str = "") -> None
                           detail={"reason": reason[:2000], "detail": detail[:4000]}))
 
 
-def process_pending(app: App, limit: int | None = None) -> BatchResult:
+def _step_aside(should_yield: Callable[[], bool], limit: float = 2.0) -> None:
+    """While intake runs hot, let it have the database (bounded, so the worker never
+    starves)."""
+    deadline = time.monotonic() + limit
+    while should_yield() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def process_pending(app: App, limit: int | None = None,
+                    should_yield: Callable[[], bool] | None = None,
+                    on_processed: Callable[[], None] | None = None) -> BatchResult:
     processed = quarantined = 0
     try:
         # Load the signing secret outside the per-mail transaction: on SQLite a second
         # write transaction from the same thread would wait on the first.
         _ = app.desk
         for inbound_id in pending_ids(app, limit or app.settings.worker.batch_size):
+            if should_yield is not None:
+                _step_aside(should_yield)
             status = process_one(app, inbound_id)
             if status is None:
                 continue
             processed += 1
             quarantined += status == "quarantined"
+            if on_processed is not None:
+                on_processed()  # the acknowledgement goes out now, not after the batch
     except Exception as exc:
         if not is_unavailable(exc):
             raise

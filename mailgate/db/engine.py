@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.config import DatabaseSettings
+from mailgate.db import writelock
 
 READ_ONLY = "mailgate_read_only"
 
@@ -54,6 +55,7 @@ def make_engine(db: DatabaseSettings) -> Engine:
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        writelock.attach(engine)
         return engine
     kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
     kwargs["connect_args"] = {"connect_timeout": 5}
@@ -81,7 +83,9 @@ def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+def transaction(factory: sessionmaker[Session],
+                priority: int = writelock.NORMAL) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
+    lock = writelock.for_engine(factory.kw.get("bind"))
+    with lock.held(priority) if lock else nullcontext(), factory() as session, session.begin():
         yield session

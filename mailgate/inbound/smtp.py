@@ -9,25 +9,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailgate.db.engine import StorageUnavailable
+from mailgate.inbound.store import Stored
 from mailgate.mail.addresses import is_valid_address, normalize
 
 log = logging.getLogger(__name__)
 
-StoreFn = Callable[[bytes, str, list[str]], int]
+# Hands a mail to storage; the future resolves once it is committed.
+SubmitFn = Callable[[bytes, str, list[str]], "Future[Stored]"]
 
 
 class DeskHandler:
     """aiosmtpd handler: accepts mail for the desk's own addresses only (no open relay)."""
 
-    def __init__(self, own_addresses: frozenset[str], store: StoreFn, max_recipients: int,
+    def __init__(self, own_addresses: frozenset[str], submit: SubmitFn, max_recipients: int,
                  on_stored: Callable[[], None] = lambda: None) -> None:
         self.own = own_addresses
-        self.store = store
+        self.submit = submit
         self.max_recipients = max_recipients
         self.on_stored = on_stored
 
@@ -46,8 +49,8 @@ class DeskHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         assert isinstance(raw, bytes)
         try:
-            inbound_id = await asyncio.to_thread(
-                self.store, raw, envelope.mail_from or "", list(envelope.rcpt_tos))
+            stored = await asyncio.wrap_future(
+                self.submit(raw, envelope.mail_from or "", list(envelope.rcpt_tos)))
         except StorageUnavailable as exc:
             log.warning("storage unavailable, answered 451: %s", exc)
             return "451 4.3.0 Storage temporarily unavailable, try again later"
@@ -55,7 +58,7 @@ class DeskHandler:
             log.exception("could not store a message; answered 451")
             return "451 4.3.0 Local error in processing, try again later"
         self.on_stored()
-        return f"250 2.0.0 OK queued as {inbound_id}"
+        return f"250 2.0.0 OK queued as {stored.inbound_id}"
 
 
 def smtp_factory(handler: DeskHandler, hostname: str, max_size: int) -> Callable[[], Any]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.clock import Clock
+from mailgate.db import writelock
 from mailgate.db.engine import StorageUnavailable, is_unavailable, transaction
 from mailgate.db.models import Inbound
 
@@ -77,30 +79,61 @@ def dedup_key(message_id: str, digest: str) -> str:
     return hashlib.sha256(f"{message_id}\0{digest}".encode()).hexdigest()
 
 
-def store_raw(factory: sessionmaker[Session], clock: Clock, raw: bytes, channel: str,
-              envelope_from: str = "", envelope_to: list[str] | tuple[str, ...] = ()) -> Stored:
-    """Commit the message; returns its row id. Raises StorageUnavailable if it cannot."""
-    message_id = extract_message_id(raw)
-    digest = content_digest(raw)
-    key = dedup_key(message_id, digest)
-    values = dict(
-        raw=raw, size=len(raw), digest=digest, message_id=message_id, dedup_key=key,
-        channel=channel[:40], envelope_from=envelope_from[:998],
-        envelope_to=",".join(envelope_to), received_at=clock.now(), status="pending",
-        reason="", kind="", trail=[], attempts=0)
+@dataclass(frozen=True)
+class Arrival:
+    """A mail as a way in hands it over, before it is stored."""
+
+    raw: bytes
+    channel: str
+    envelope_from: str = ""
+    envelope_to: tuple[str, ...] = ()
+
+
+def _insert_stmt(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(Inbound).on_conflict_do_nothing(
+        index_elements=["dedup_key"]).returning(Inbound.id)
+
+
+def _existing_stmt() -> Any:
+    return select(Inbound.id).where(Inbound.dedup_key == bindparam("key"))
+
+
+def store_many(factory: sessionmaker[Session], clock: Clock,
+               arrivals: list[Arrival]) -> list[Stored]:
+    """Commit several mails in one transaction (group commit: one fsync for all).
+    Raises StorageUnavailable if it cannot; then none of them is stored."""
+    rows = []
+    now = clock.now()
+    for a in arrivals:
+        message_id = extract_message_id(a.raw)
+        digest = content_digest(a.raw)
+        rows.append(dict(
+            raw=a.raw, size=len(a.raw), digest=digest, message_id=message_id,
+            dedup_key=dedup_key(message_id, digest), channel=a.channel[:40],
+            envelope_from=a.envelope_from[:998], envelope_to=",".join(a.envelope_to),
+            received_at=now, status="pending", reason="", kind="", trail=[], attempts=0))
+    out: list[Stored] = []
     try:
-        with transaction(factory) as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            stmt = insert(Inbound).values(**values).on_conflict_do_nothing(
-                index_elements=["dedup_key"]).returning(Inbound.id)
-            new_id = session.execute(stmt).scalar_one_or_none()
-            if new_id is not None:
-                return Stored(new_id, duplicate=False)
-            existing = session.execute(
-                select(Inbound.id).where(Inbound.dedup_key == key)).scalar_one()
-            return Stored(existing, duplicate=True)
+        with transaction(factory, writelock.INTAKE) as session:
+            insert = _insert_stmt(session.get_bind().dialect.name)
+            for values in rows:
+                new_id = session.execute(insert, values).scalar_one_or_none()
+                if new_id is not None:
+                    out.append(Stored(new_id, duplicate=False))
+                else:
+                    existing = session.execute(
+                        _existing_stmt(), {"key": values["dedup_key"]}).scalar_one()
+                    out.append(Stored(existing, duplicate=True))
     except Exception as exc:
         if is_unavailable(exc):
             raise StorageUnavailable(str(exc).splitlines()[0]) from exc
         raise
+    return out
+
+
+def store_raw(factory: sessionmaker[Session], clock: Clock, raw: bytes, channel: str,
+              envelope_from: str = "", envelope_to: list[str] | tuple[str, ...] = ()) -> Stored:
+    """Commit one message; returns its row id. Raises StorageUnavailable if it cannot."""
+    return store_many(factory, clock, [Arrival(raw, channel, envelope_from,
+                                               tuple(envelope_to))])[0]

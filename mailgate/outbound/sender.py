@@ -7,15 +7,18 @@ lease ends: at-least-once, never zero times.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mailbox
 import random
 import smtplib
 import ssl
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +39,10 @@ class PermanentFailure(Exception):
 class Transport(Protocol):
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None: ...
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Several sends in a row (one relay connection for all of them)."""
+        ...
+
 
 class MaildirTransport:
     """The embedded default: mail lands in a Maildir an operator (or a test) can read."""
@@ -49,20 +56,72 @@ class MaildirTransport:
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
         self.box.add(raw)  # written to tmp/, then renamed into new/: atomic
 
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
 
 class RelayTransport:
     def __init__(self, settings: OutboundSettings) -> None:
         self.s = settings
+        self._smtp: smtplib.SMTP | None = None
+        self._batching = False
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.s
+        smtp = smtplib.SMTP(s.relay_host, s.relay_port, timeout=s.timeout_seconds)
+        try:
+            if s.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if s.username:
+                smtp.login(s.username, s.password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self._smtp.quit()
+            self._smtp = None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            self._drop()
+
+    def _sendmail(self, sender: str, recipients: list[str], raw: bytes) -> dict[str, Any]:
+        reused = self._smtp is not None
+        if self._smtp is None:
+            self._smtp = self._connect()
+        try:
+            return self._smtp.sendmail(sender, recipients, raw)
+        except smtplib.SMTPServerDisconnected:
+            self._smtp = None
+            if not reused:
+                raise
+            # The relay closed an idle connection we kept: once more on a fresh one.
+            self._smtp = self._connect()
+            return self._smtp.sendmail(sender, recipients, raw)
+        except smtplib.SMTPResponseException:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self._smtp.rset()
+            raise
+        except OSError:
+            self._smtp = None
+            raise
 
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
-        s = self.s
         try:
-            with smtplib.SMTP(s.relay_host, s.relay_port, timeout=s.timeout_seconds) as smtp:
-                if s.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if s.username:
-                    smtp.login(s.username, s.password)
-                refused = smtp.sendmail(sender, recipients, raw)
+            try:
+                refused = self._sendmail(sender, recipients, raw)
+            finally:
+                if not self._batching:
+                    self._drop()
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _msg in exc.recipients.values()]
             if all(500 <= c < 600 for c in codes):
@@ -111,34 +170,45 @@ def _claim(factory: sessionmaker[Session], clock: Clock, limit: int) -> list[Out
 def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
           transport: Transport, limit: int = 100) -> FlushResult:
     sent = retrying = failed = 0
-    for row in _claim(factory, clock, limit):
-        error = ""
-        status = "sent"
-        try:
-            transport.send(row.sender, row.recipients.split(","), row.raw)
-        except PermanentFailure as exc:
-            status, error = "failed", str(exc)
-        except (TimeoutError, OSError, smtplib.SMTPException) as exc:
-            status, error = "pending", f"{type(exc).__name__}: {exc}"
-        now = clock.now()
-        with transaction(factory) as session:
-            values: dict[str, object] = {"status": status, "lease_until": None,
-                                         "attempts": Outbox.attempts + 1, "last_error": error}
-            if status == "sent":
-                values["sent_at"] = now
-                sent += 1
-            elif status == "pending":
-                values["next_attempt_at"] = now + backoff(settings, row.attempts + 1)
-                retrying += 1
-                log.warning("outbox %s to %s: will retry: %s", row.id, row.recipients, error)
-            else:
-                failed += 1
-                log.error("outbox %s to %s failed for good: %s", row.id, row.recipients, error)
-            session.execute(update(Outbox).where(Outbox.id == row.id).values(**values))
-            if status != "pending":
-                session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
-                                  outbox_id=row.id, detail={"error": error} if error else {}))
+    rows = _claim(factory, clock, limit)
+    if not rows:
+        return FlushResult()
+    with transport.batch():
+        for row in rows:
+            result = _deliver(factory, clock, settings, transport, row)
+            sent += result == "sent"
+            retrying += result == "pending"
+            failed += result == "failed"
     return FlushResult(sent, retrying, failed)
+
+
+def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
+             transport: Transport, row: Outbox) -> str:
+    """Sends one claimed row and records the outcome; returns the row's new status."""
+    error = ""
+    status = "sent"
+    try:
+        transport.send(row.sender, row.recipients.split(","), row.raw)
+    except PermanentFailure as exc:
+        status, error = "failed", str(exc)
+    except (TimeoutError, OSError, smtplib.SMTPException) as exc:
+        status, error = "pending", f"{type(exc).__name__}: {exc}"
+    now = clock.now()
+    values: dict[str, object] = {"status": status, "lease_until": None,
+                                 "attempts": Outbox.attempts + 1, "last_error": error}
+    if status == "sent":
+        values["sent_at"] = now
+    elif status == "pending":
+        values["next_attempt_at"] = now + backoff(settings, row.attempts + 1)
+        log.warning("outbox %s to %s: will retry: %s", row.id, row.recipients, error)
+    else:
+        log.error("outbox %s to %s failed for good: %s", row.id, row.recipients, error)
+    with transaction(factory) as session:
+        session.execute(update(Outbox).where(Outbox.id == row.id).values(**values))
+        if status != "pending":
+            session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
+                              outbox_id=row.id, detail={"error": error} if error else {}))
+    return status
 
 
 def retry(session: Session, clock: Clock, outbox_id: int | None = None) -> int:

@@ -86,8 +86,8 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
                   kind: str = "request") -> Ticket:
     s = desk.settings
     editor = sender.editor
-    known_sites = set(session.execute(select(Site.site_id)).scalars())
-    site_id = editor.site_id if editor else find_site_id(mail, known_sites)
+    site_id = editor.site_id if editor else find_site_id(
+        mail, set(session.execute(select(Site.site_id)).scalars()))
     language = (editor.language if editor and editor.language else s.desk.default_language)
     number = next_number(session)
     ref = TicketRef(s.desk.ticket_prefix, number)
