@@ -8,7 +8,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.orm import Session, sessionmaker
@@ -89,3 +89,13 @@ def transaction(factory: sessionmaker[Session],
     lock = writelock.for_engine(factory.kw.get("bind"))
     with lock.held(priority) if lock else nullcontext(), factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def core_transaction(factory: sessionmaker[Session],
+                     priority: int = writelock.NORMAL) -> Iterator[Connection]:
+    """Like `transaction`, without the ORM: for the hot intake path."""
+    engine = factory.kw["bind"]
+    lock = writelock.for_engine(engine)
+    with lock.held(priority) if lock else nullcontext(), engine.begin() as conn:
+        yield conn

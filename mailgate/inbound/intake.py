@@ -49,8 +49,8 @@ class IntakeWriter:
         self._queue.put((arrival, future))
         return future
 
-    def busy(self, window: float = 0.1, threshold: int = 15) -> bool:
-        """True while mail arrives faster than ~150/s: the worker then steps aside so that
+    def busy(self, window: float = 0.1, threshold: int = 8) -> bool:
+        """True while mail arrives faster than ~80/s: the worker then steps aside so that
         senders are not kept waiting for their 250 (bench/ingest.py measured the gain)."""
         now = time.monotonic()
         return sum(1 for t in list(self._arrivals) if now - t < window) > threshold

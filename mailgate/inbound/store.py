@@ -11,19 +11,25 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.clock import Clock
 from mailgate.db import writelock
-from mailgate.db.engine import StorageUnavailable, is_unavailable, transaction
+from mailgate.db.engine import StorageUnavailable, core_transaction, is_unavailable
 from mailgate.db.models import Inbound
 
 TRACE_HEADERS = frozenset(
     {b"received", b"return-path", b"delivered-to", b"x-original-to", b"x-received"})
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+# Built once: the statement cache then skips compiling them for every mail.
+_EXISTING = select(Inbound.dedup_key, Inbound.id).where(
+    Inbound.dedup_key.in_(bindparam("keys", expanding=True)))
+_INSERT = insert(Inbound).returning(Inbound.id, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True)
@@ -89,16 +95,6 @@ class Arrival:
     envelope_to: tuple[str, ...] = ()
 
 
-def _insert_stmt(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(Inbound).on_conflict_do_nothing(
-        index_elements=["dedup_key"]).returning(Inbound.id)
-
-
-def _existing_stmt() -> Any:
-    return select(Inbound.id).where(Inbound.dedup_key == bindparam("key"))
-
-
 def store_many(factory: sessionmaker[Session], clock: Clock,
                arrivals: list[Arrival]) -> list[Stored]:
     """Commit several mails in one transaction (group commit: one fsync for all).
@@ -113,23 +109,49 @@ def store_many(factory: sessionmaker[Session], clock: Clock,
             dedup_key=dedup_key(message_id, digest), channel=a.channel[:40],
             envelope_from=a.envelope_from[:998], envelope_to=",".join(a.envelope_to),
             received_at=now, status="pending", reason="", kind="", trail=[], attempts=0))
+    for attempt in (1, 2):
+        try:
+            known, new = _insert_new(factory, rows)
+            break
+        except IntegrityError:
+            # Another instance stored one of these between our look-up and our insert: the
+            # second look-up sees its row and treats ours as the duplicate it is.
+            if attempt == 2:
+                raise
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+            raise
     out: list[Stored] = []
-    try:
-        with transaction(factory, writelock.INTAKE) as session:
-            insert = _insert_stmt(session.get_bind().dialect.name)
-            for values in rows:
-                new_id = session.execute(insert, values).scalar_one_or_none()
-                if new_id is not None:
-                    out.append(Stored(new_id, duplicate=False))
-                else:
-                    existing = session.execute(
-                        _existing_stmt(), {"key": values["dedup_key"]}).scalar_one()
-                    out.append(Stored(existing, duplicate=True))
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
-        raise
+    seen: set[str] = set()
+    for values in rows:
+        key = values["dedup_key"]
+        if key in new and key not in seen:
+            out.append(Stored(new[key], duplicate=False))
+            seen.add(key)
+        else:
+            out.append(Stored(known.get(key) or new[key], duplicate=True))
     return out
+
+
+def _insert_new(factory: sessionmaker[Session],
+                rows: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(dedup key → id already stored, dedup key → id stored now)."""
+    with core_transaction(factory, writelock.INTAKE) as conn:
+        keys = [r["dedup_key"] for r in rows]
+        known: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+            _EXISTING, {"keys": keys}).all())
+        fresh: dict[str, dict[str, Any]] = {}
+        for values in rows:
+            if values["dedup_key"] not in known:
+                fresh.setdefault(values["dedup_key"], values)  # twice in one batch: once
+        if fresh:
+            # One multi-row INSERT ... RETURNING for the whole batch, ids in order.
+            ids = conn.execute(_INSERT, list(fresh.values())).scalars().all()
+            new = dict(zip(fresh, ids, strict=True))
+        else:
+            new = {}
+    return known, new
 
 
 def store_raw(factory: sessionmaker[Session], clock: Clock, raw: bytes, channel: str,
