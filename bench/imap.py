@@ -41,11 +41,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/imap.py` as well as `python -m bench.imap`
@@ -62,6 +61,7 @@ from mailgate.tickets import registry  # noqa: E402
 from mailgate.worker import process_one  # noqa: E402
 from tests.support.dovecot import DovecotServer, require_dovecot  # noqa: E402
 from tests.support.mails import make_mail, wire  # noqa: E402
+from tests.support.pgschema import private_schema  # noqa: E402
 
 EDITOR = "eva@site1234.example.be"
 DESK = "servicedesk@desk.example"
@@ -137,17 +137,8 @@ def database(base_url: str | None, tmp: Path) -> Iterator[str]:
     if not base_url:
         yield f"sqlite:///{tmp / 'mailgate.db'}"
         return
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base_url else "?"
-    try:
-        yield f"{base_url}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with private_schema(base_url, "bench") as url:
+        yield url
 
 
 def make_app(url: str, tmp: Path, server: DovecotServer, user: str, password: str) -> App:

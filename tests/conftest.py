@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from mailgate import config
 from mailgate.app import App
@@ -20,6 +18,7 @@ from mailgate.daemon import Daemon
 from mailgate.db.engine import transaction
 from mailgate.db.migrate import upgrade
 from mailgate.tickets import registry
+from tests.support.pgschema import private_schema
 from tests.support.sink import SmtpSink
 
 PG_ENV = "MAILGATE_TEST_DATABASE_URL"
@@ -45,17 +44,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     base = _pg_base_url()
     assert base is not None
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with private_schema(base) as url:
+        yield url
 
 
 @pytest.fixture
