@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mailgate import blobs
@@ -242,9 +242,3 @@ def refuse_stranger(session: Session, desk: Desk, mail: ParsedMail, inbound: Inb
         date=now)
     _send(session, out, "refusal", None, inbound, body)
     return True
-
-
-def seed_counter(session: Session) -> None:
-    """Used by the migration and tests: the ticket counter row must exist."""
-    if session.get(Counter, "ticket") is None:
-        session.execute(insert(Counter).values(name="ticket", value=0))
