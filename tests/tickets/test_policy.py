@@ -256,3 +256,19 @@ def test_our_own_mail_coming_back_is_never_answered(
     rows = _settled(daemon.app, 4)
     assert [(r.status, r.kind) for r in rows[1:]] == [("ignored", "loop")] * 3
     assert len(sink.messages) == 1
+
+
+def test_mail_after_close_opens_a_new_linked_ticket(
+        daemon: RunningDaemon, sink: SmtpSink) -> None:
+    ack_id = _first_ticket(daemon, sink)
+    with transaction(daemon.app.sessions) as s:
+        s.execute(select(Ticket).where(Ticket.ref == "SD-1")).scalar_one().state = "closed"
+    send(daemon.port, make_mail(EDITOR, "Re: [SD-1] Menu weg", "Het is terug stuk.",
+                                headers={"In-Reply-To": ack_id}))
+    second = sink.wait_for(2)[1]
+    assert second["Subject"] == "[SD-2] Menu weg"
+    assert "SD-1" in second.get_content()  # the editor is told it is linked to the old one
+    new = _ticket(daemon.app, "SD-2")
+    with daemon.app.sessions() as s:
+        assert s.get(Ticket, new.linked_to_id).ref == "SD-1"  # type: ignore[union-attr]
+    assert _ticket(daemon.app, "SD-1").state == "closed"
