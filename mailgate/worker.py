@@ -108,8 +108,6 @@ def _apply(session: Session, app: App, row: Inbound, mail: ParsedMail, facts: Fa
             assert bounced is not None
             service.record_automatic(session, desk, bounced, mail, row, "bounce", now)
             row.ticket_id, row.status = bounced.id, "ticket"
-        else:
-            row.status = "ignored"
     elif decision.action == Action.REFUSE:
         row.status = "refused"
         if not service.refuse_stranger(session, desk, mail, row, now):
@@ -125,12 +123,10 @@ def _agent(session: Session, app: App, ticket: Ticket, mail: ParsedMail, row: In
     assert agent is not None
     command = facts.command
     text = command.text if command else service.display_text(mail)
-    if command is not None and command.note:
+    if (command is not None and command.note) or not text.strip():
         service.agent_note(session, app.desk, ticket, mail, row, text, now)
-    elif text.strip():
-        service.agent_reply(session, app.desk, ticket, mail, row, agent, text, now)
     else:
-        service.agent_note(session, app.desk, ticket, mail, row, text, now)
+        service.agent_reply(session, app.desk, ticket, mail, row, agent, text, now)
     if command is not None and command.state is not None:
         service.agent_status(session, ticket, command.state, row, now, agent)
 
@@ -138,6 +134,9 @@ def _agent(session: Session, app: App, ticket: Ticket, mail: ParsedMail, row: In
 def process_one(app: App, inbound_id: int) -> str | None:
     """Processes one pending row; returns its new status, or None if another worker has it."""
     try:
+        # Load the signing secret before the per-mail transaction opens: reading it may
+        # write it, and a second write transaction in this thread would wait on the first.
+        _ = app.desk
         with transaction(app.sessions) as session:
             row = session.execute(
                 select(Inbound).where(Inbound.id == inbound_id, Inbound.status == "pending")
@@ -193,9 +192,6 @@ def process_pending(app: App, limit: int | None = None,
                     on_processed: Callable[[], None] | None = None) -> BatchResult:
     processed = quarantined = 0
     try:
-        # Load the signing secret outside the per-mail transaction: on SQLite a second
-        # write transaction from the same thread would wait on the first.
-        _ = app.desk
         for inbound_id in pending_ids(app, limit or app.settings.worker.batch_size):
             if should_yield is not None:
                 _step_aside(should_yield)

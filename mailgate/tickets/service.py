@@ -44,7 +44,7 @@ def next_number(session: Session) -> int:
 
 def display_text(mail: ParsedMail) -> str:
     """What agents read: the new part of the mail (the raw mail keeps the rest)."""
-    return getattr(mail, "new_text", "") or mail.text
+    return mail.new_text or mail.text
 
 
 def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
@@ -55,7 +55,8 @@ def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
         subject=mail.subject, message_id=mail.message_id or inbound.message_id,
         body_text=display_text(mail), created_at=now)
     session.add(msg)
-    session.flush()
+    if mail.attachments:
+        session.flush()  # the attachments need the message's id
     for att in mail.attachments:
         session.add(Attachment(
             message_id=msg.id, filename=display_name(att.filename, att.content_type),
