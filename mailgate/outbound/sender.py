@@ -204,7 +204,12 @@ def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSet
     else:
         log.error("outbox %s to %s failed for good: %s", row.id, row.recipients, error)
     with transaction(factory) as session:
-        session.execute(update(Outbox).where(Outbox.id == row.id).values(**values))
+        # Only a row still ours to settle: a bounce may already have marked it failed while
+        # we were talking to the relay, and that verdict must stand.
+        result = session.execute(update(Outbox).where(
+            Outbox.id == row.id, Outbox.status == "pending").values(**values))
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return "failed"
         if status != "pending":
             session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
                               outbox_id=row.id, detail={"error": error} if error else {}))

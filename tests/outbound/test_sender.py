@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import mailbox
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from mailgate.app import App
 from mailgate.clock import FixedClock
@@ -97,3 +98,23 @@ def test_maildir_transport(app: App, tmp_path: Path) -> None:
     assert sender.flush(app.sessions, app.clock, app.settings.outbound, transport).sent == 1
     [msg] = list(mailbox.Maildir(str(tmp_path / "md")))
     assert msg["Subject"] == "[SD-1] Test"
+
+
+def test_a_bounce_recorded_during_sending_is_not_overwritten(app: App) -> None:
+    row_id = _enqueue(app)
+
+    class BouncedMeanwhile:
+        """The relay accepts, and the bounce is processed before we record the send."""
+
+        def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
+            with transaction(app.sessions) as s:
+                s.execute(update(Outbox).where(Outbox.id == row_id)
+                          .values(status="failed", dsn_status="5.1.1"))
+
+        def batch(self) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
+
+    result = sender.flush(app.sessions, app.clock, app.settings.outbound, BouncedMeanwhile())
+    assert (result.sent, result.failed) == (0, 1)
+    row = _row(app, row_id)
+    assert row.status == "failed" and row.dsn_status == "5.1.1"
