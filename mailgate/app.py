@@ -18,7 +18,7 @@ from mailgate.db.models import Setting
 from mailgate.mail.references import MessageIds
 from mailgate.outbound.render import Renderer
 from mailgate.outbound.sender import Transport, make_transport
-from mailgate.tickets.service import Desk
+from mailgate.tickets.desk import Desk
 
 
 @dataclass

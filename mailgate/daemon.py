@@ -12,19 +12,39 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 
-from mailgate import scheduler, systemd
+from mailgate import scheduler, systemd, worker
 from mailgate.app import App
 from mailgate.db.migrate import require_current
-from mailgate.inbound.imap import ImapPollers
+from mailgate.inbound.imap import ImapPollers, Settle, Store, Tuning
 from mailgate.inbound.intake import IntakeWriter
 from mailgate.inbound.smtp import DeskHandler, smtp_factory
-from mailgate.inbound.store import Arrival, Stored
+from mailgate.inbound.store import Arrival, Stored, store_raw
 from mailgate.outbound import sender
-from mailgate.worker import process_pending
 
 log = logging.getLogger(__name__)
 
 ExtraTask = Callable[["Daemon"], Awaitable[None]]
+
+# How long an IMAP poller waits for a row another worker is processing before it leaves the
+# mail in the folder for its next pass.
+SETTLE_SECONDS = 10.0
+
+
+def imap_callables(app: App) -> tuple[Store, Settle]:
+    """What an IMAP poller may do: store raw bytes, and settle a stored row."""
+    def store(raw: bytes, channel: str) -> Stored:
+        return store_raw(app.sessions, app.clock, raw, channel)
+
+    def settle(inbound_id: int, give_up: Callable[[], bool]) -> str:
+        return worker.settle(app, inbound_id, SETTLE_SECONDS, give_up)
+
+    return store, settle
+
+
+def imap_pollers(app: App, on_processed: Callable[[], None] = lambda: None,
+                 tuning: Tuning | None = None) -> ImapPollers:
+    return ImapPollers(app.settings.imap, *imap_callables(app), on_processed=on_processed,
+                       tuning=tuning)
 
 
 class Daemon:
@@ -65,7 +85,7 @@ class Daemon:
             self._work.clear()
             try:
                 result = await asyncio.to_thread(
-                    process_pending, self.app, None, self.intake.busy, self.wake_sender)
+                    worker.process_pending, self.app, None, self.intake.busy, self.wake_sender)
             except Exception:
                 log.exception("worker pass failed; retrying on the next pass")
                 continue
@@ -115,7 +135,7 @@ class Daemon:
         tasks += [asyncio.create_task(t(self), name=getattr(t, "__name__", "extra"))
                   for t in self.extra_tasks]
         # One thread per [[imap]] account: imapclient blocks, the event loop must not.
-        self.imap = imap = ImapPollers(self.app, on_processed=self.wake_sender)
+        self.imap = imap = imap_pollers(self.app, on_processed=self.wake_sender)
         imap.start()
         interval = systemd.watchdog_interval()
         sched = scheduler.build(s.worker.poll_seconds, self.wake_worker, self.wake_sender,

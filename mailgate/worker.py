@@ -1,7 +1,9 @@
-"""Processes stored mail: parse → classify → apply, one transaction per mail.
+"""The runner that processes stored mail: load → parse → facts → classify → apply → record,
+one transaction per mail, or quarantine.
 
-A mail that fails to parse or apply goes to quarantine with the reason and the worker
-goes on; a storage outage stops the batch and leaves the mail pending for the next pass.
+It holds no ticket logic: the facts, the rules and the handlers live in ``tickets/``. A mail
+that fails to parse or apply goes to quarantine with the reason and the worker goes on; a
+storage outage stops the batch and leaves the mail pending for the next pass.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate.app import App
+from mailgate.clock import Clock
 from mailgate.db.engine import is_unavailable, reading, transaction
-from mailgate.db.models import Event, Inbound, Ticket
-from mailgate.mail import authenticity, automatic
-from mailgate.mail.classify import Action, Decision, Facts, classify
-from mailgate.mail.commands import CommandError, parse_command
-from mailgate.mail.parse import ParsedMail, UnparseableMail, parse
-from mailgate.mail.references import find_tag
-from mailgate.tickets import access, bounces, service
+from mailgate.db.models import Event, Inbound
+from mailgate.db.status import InboundStatus
+from mailgate.mail.parse import UnparseableMail, parse
+from mailgate.tickets import facts
+from mailgate.tickets.apply import Context, apply
+from mailgate.tickets.commands import CommandError
+from mailgate.tickets.policy import classify
 
 log = logging.getLogger(__name__)
 
@@ -39,121 +41,39 @@ class BatchResult:
 def pending_ids(app: App, limit: int) -> list[int]:
     with reading(app.sessions) as session:
         return list(session.execute(
-            select(Inbound.id).where(Inbound.status == "pending")
+            select(Inbound.id).where(Inbound.status == InboundStatus.PENDING)
             .order_by(Inbound.id).limit(limit)).scalars())
 
 
-def _find_ticket(session: Session, app: App, mail: ParsedMail) -> tuple[Ticket | None, str]:
-    prefix = app.settings.desk.ticket_prefix
-    ref = app.desk.ids.find(mail.thread_ids)
-    found_by = "references"
-    if ref is None:
-        ref = find_tag(prefix, mail.subject)
-        found_by = "subject tag"
-    if ref is None:
-        return None, ""
-    ticket = session.execute(select(Ticket).where(Ticket.ref == str(ref))).scalar_one_or_none()
-    return (ticket, found_by) if ticket is not None else (None, "")
-
-
-def gather_facts(session: Session, app: App, mail: ParsedMail, raw: bytes) -> Facts:
-    s = app.settings
-    sender = access.identify(session, mail.from_addr)
-    ticket, found_by = _find_ticket(session, app, mail)
-    own = s.desk.own_addresses
-    loop_marker = mail.header("x-loop").lower()
-    from_us = (mail.from_addr in own or any(a in loop_marker for a in own)
-               or app.desk.ids.is_ours(mail.message_id))
-    verdict = None
-    if s.access.require_authentication:
-        verdict = authenticity.verify(raw, mail.from_addr, s.access.authserv_id)
-    command = None
-    if sender.agent is not None and ticket is not None:
-        command = parse_command(service.display_text(mail))
-    return Facts(
-        mail=mail, sender=sender, from_us=from_us, ticket=ticket, found_by=found_by,
-        may_write=ticket is not None and access.may_write(session, ticket, sender),
-        accept_unknown=s.access.unknown_senders == "accept",
-        automatic=automatic.detect(mail), authenticity=verdict, command=command)
-
-
-def _apply(session: Session, app: App, row: Inbound, mail: ParsedMail, facts: Facts,
-           decision: Decision) -> None:
-    now = app.clock.now()
-    desk = app.desk
-    ticket = decision.ticket
-    row.status = "ticket" if ticket is not None else "ignored"
-    row.ticket_id = ticket.id if ticket is not None else None
-    if decision.action == Action.CREATE:
-        ticket = service.create_ticket(session, desk, mail, row, facts.sender, now,
-                                       linked_to=decision.ticket)
-        row.ticket_id, row.status = ticket.id, "ticket"
-    elif decision.action == Action.APPEND:
-        assert ticket is not None
-        service.append_follow_up(session, desk, ticket, mail, row, now)
-    elif decision.action == Action.RECORD:
-        assert ticket is not None
-        service.record_automatic(session, desk, ticket, mail, row, str(decision.kind), now)
-    elif decision.action == Action.AGENT:
-        assert ticket is not None and facts.sender.agent is not None
-        _agent(session, app, ticket, mail, row, facts, now)
-    elif decision.action == Action.BOUNCE:
-        a = facts.automatic
-        assert a is not None
-        failed = bounces.record_bounce(
-            session, row, original_ids=(*a.original_message_ids, *mail.thread_ids),
-            recipients=a.failed_recipients, status=a.dsn_status, now=now)
-        if failed and failed[0].ticket_id is not None:
-            bounced = session.get(Ticket, failed[0].ticket_id)
-            assert bounced is not None
-            service.record_automatic(session, desk, bounced, mail, row, "bounce", now)
-            row.ticket_id, row.status = bounced.id, "ticket"
-    elif decision.action == Action.REFUSE:
-        row.status = "refused"
-        if not service.refuse_stranger(session, desk, mail, row, now):
-            row.reason = f"{decision.reason}; refusal suppressed (rate limit)"
-    if facts.authenticity is not None:
-        row.authenticity = ("pass: " if facts.authenticity.verified else "fail: ") + \
-            facts.authenticity.evidence[:190]
-
-
-def _agent(session: Session, app: App, ticket: Ticket, mail: ParsedMail, row: Inbound,
-           facts: Facts, now: datetime) -> None:
-    agent = facts.sender.agent
-    assert agent is not None
-    command = facts.command
-    text = command.text if command else service.display_text(mail)
-    if (command is not None and command.note) or not text.strip():
-        service.agent_note(session, app.desk, ticket, mail, row, text, now)
-    else:
-        service.agent_reply(session, app.desk, ticket, mail, row, agent, text, now)
-    if command is not None and command.state is not None:
-        service.agent_status(session, ticket, command.state, row, now, agent)
-
-
-def process_one(app: App, inbound_id: int) -> str | None:
+def process_one(app: App, inbound_id: int) -> InboundStatus | None:
     """Processes one pending row; returns its new status, or None if another worker has it."""
     try:
         # Load the signing secret before the per-mail transaction opens: reading it may
         # write it, and a second write transaction in this thread would wait on the first.
-        _ = app.desk
+        desk = app.desk
         with transaction(app.sessions) as session:
             row = session.execute(
-                select(Inbound).where(Inbound.id == inbound_id, Inbound.status == "pending")
+                select(Inbound)
+                .where(Inbound.id == inbound_id, Inbound.status == InboundStatus.PENDING)
                 .with_for_update(skip_locked=True)).scalar_one_or_none()
             if row is None:
                 return None
             mail = parse(row.raw)
-            facts = gather_facts(session, app, mail, row.raw)
-            decision, trail = classify(facts)
-            row.kind, row.reason, row.trail = decision.kind, decision.reason, trail
-            _apply(session, app, row, mail, facts, decision)
-            row.processed_at = app.clock.now()
+            found = facts.gather(session, desk, mail, row.raw)
+            decision, trail = classify(found)
+            now = app.clock.now()
+            outcome = apply(Context(session, desk, row, mail, found, decision, now))
+            row.status, row.ticket_id = outcome.status, outcome.ticket_id
+            row.kind, row.reason, row.trail = decision.kind, outcome.reason or decision.reason, \
+                trail
+            if found.authenticity is not None:
+                row.authenticity = ("pass: " if found.authenticity.verified else "fail: ") + \
+                    found.authenticity.evidence[:190]
+            row.processed_at = now
             row.attempts += 1
-            session.add(Event(at=row.processed_at, kind=f"inbound.{row.status}",
-                              ticket_id=row.ticket_id, inbound_id=row.id,
-                              detail={"rule": decision.rule}))
-            return row.status
+            session.add(Event(at=now, kind=f"inbound.{row.status}", ticket_id=row.ticket_id,
+                              inbound_id=row.id, detail={"rule": decision.rule}))
+            return outcome.status
     except Exception as exc:
         if is_unavailable(exc):
             raise
@@ -163,7 +83,28 @@ def process_one(app: App, inbound_id: int) -> str | None:
         log.warning("inbound %s quarantined: %s", inbound_id, reason)
         detail = "".join(traceback.format_exception_only(exc)).strip()
         quarantine(app, inbound_id, reason, detail)
-        return "quarantined"
+        return InboundStatus.QUARANTINED
+
+
+def status_of(app: App, inbound_id: int) -> InboundStatus:
+    with reading(app.sessions) as session:
+        return InboundStatus(session.execute(
+            select(Inbound.status).where(Inbound.id == inbound_id)).scalar_one())
+
+
+def settle(app: App, inbound_id: int, wait_seconds: float,
+           give_up: Callable[[], bool] = lambda: False) -> InboundStatus:
+    """Processes the row here; if another worker has it, waits (bounded) for its verdict.
+    A way in that must know the outcome (IMAP chooses the folder by it) calls this."""
+    status = process_one(app, inbound_id)
+    if status is not None:
+        return status
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        status = status_of(app, inbound_id)
+        if status != InboundStatus.PENDING or time.monotonic() > deadline or give_up():
+            return status
+        time.sleep(0.05)
 
 
 def quarantine(app: App, inbound_id: int, reason: str, detail: str = "") -> None:
@@ -171,7 +112,7 @@ def quarantine(app: App, inbound_id: int, reason: str, detail: str = "") -> None
         row = session.get(Inbound, inbound_id)
         assert row is not None
         now = app.clock.now()
-        row.status, row.reason, row.processed_at = "quarantined", reason[:2000], now
+        row.status, row.reason, row.processed_at = InboundStatus.QUARANTINED, reason[:2000], now
         row.attempts += 1
         row.trail = [*(row.trail or []), {"rule": "quarantine", "result": "quarantined",
                                           "reason": reason[:2000]}]
@@ -199,7 +140,7 @@ def process_pending(app: App, limit: int | None = None,
             if status is None:
                 continue
             processed += 1
-            quarantined += status == "quarantined"
+            quarantined += status == InboundStatus.QUARANTINED
             if on_processed is not None:
                 on_processed()  # the acknowledgement goes out now, not after the batch
     except Exception as exc:
@@ -210,15 +151,15 @@ def process_pending(app: App, limit: int | None = None,
     return BatchResult(processed, quarantined)
 
 
-def replay(session: Session, clock: object, inbound_id: int | None = None) -> int:
+def replay(session: Session, clock: Clock, inbound_id: int | None = None) -> int:
     """Quarantined mail back to pending, keeping its trail; `mailgate quarantine replay`."""
-    stmt = select(Inbound).where(Inbound.status == "quarantined")
+    stmt = select(Inbound).where(Inbound.status == InboundStatus.QUARANTINED)
     if inbound_id is not None:
         stmt = stmt.where(Inbound.id == inbound_id)
     rows = list(session.execute(stmt).scalars())
-    now = clock.now()  # type: ignore[attr-defined]
+    now = clock.now()
     for row in rows:
-        row.status, row.reason = "pending", ""
+        row.status, row.reason = InboundStatus.PENDING, ""
         row.trail = [*(row.trail or []), {"rule": "replay", "result": "pending",
                                           "reason": f"replayed at {now.isoformat()}"}]
         session.add(Event(at=now, kind="inbound.replayed", inbound_id=row.id, detail={}))

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from mailgate.db.status import InboundStatus, OutboxStatus
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -165,7 +167,7 @@ class Inbound(Base):
     envelope_from: Mapped[str] = mapped_column(String(998), default="")
     envelope_to: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=InboundStatus.PENDING)
     reason: Mapped[str] = mapped_column(Text, default="")
     kind: Mapped[str] = mapped_column(String(30), default="")
     trail: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -241,7 +243,7 @@ class Outbox(Base):
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     subject: Mapped[str] = mapped_column(String(998), default="")
     raw: Mapped[bytes] = mapped_column(LargeBinary)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime]
     # A sender claims a row until this time, so two instances never send it twice at once.

@@ -36,14 +36,11 @@ from dataclasses import dataclass, field
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
-from sqlalchemy import select
 
-from mailgate.app import App
 from mailgate.config import ImapAccount
 from mailgate.db.engine import StorageUnavailable, is_unavailable
-from mailgate.db.models import Inbound
-from mailgate.inbound.store import store_raw
-from mailgate.worker import process_one
+from mailgate.db.status import InboundStatus
+from mailgate.inbound.store import Stored
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +88,18 @@ class Tuning:
     idle_check_seconds: float = 1.0
     # Messages fetched per UID FETCH: fewer round trips, bounded memory.
     fetch_batch: int = 10
-    # How long to wait for a row another worker is processing before leaving the mail for
-    # the next pass.
-    settle_seconds: float = 10.0
     # Pause before re-scanning when a pass had to leave mail in the folder.
     rescan_seconds: float = 0.5
     # False forces COPY + STORE \Deleted + UID EXPUNGE even where MOVE is offered.
     use_move: bool = True
     ssl_context: ssl.SSLContext | None = None
+
+
+# Commits the raw bytes under a channel name; raises when storage is unavailable.
+Store = Callable[[bytes, str], Stored]
+# Processes a stored row (or waits, bounded, for whoever has it) and returns its status;
+# the second argument says when to stop waiting.
+Settle = Callable[[int, Callable[[], bool]], str]
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,10 @@ def chunks(items: list[int], size: int) -> Iterator[list[int]]:
 
 def destination(account: ImapAccount, status: str) -> str | None:
     """Quarantined mail goes to the failed folder; a settled row to the processed one."""
-    if status == "pending":
+    if status == InboundStatus.PENDING:
         return None
-    return account.failed_folder if status == "quarantined" else account.processed_folder
+    return (account.failed_folder if status == InboundStatus.QUARANTINED
+            else account.processed_folder)
 
 
 def ends_session(responses: Iterable[tuple[object, ...]]) -> bool:
@@ -145,15 +147,18 @@ def describe(responses: Iterable[tuple[object, ...]]) -> str:
 class ImapPoller:
     """Fetches one account's mail into the store, in a thread of its own.
 
-    ``on_processed`` is called (from this thread) after each chunk of processed mail, so the
-    daemon sends the acknowledgements at once instead of at its next sweep.
+    It gets the two callables it needs, ``store`` and ``settle``, wired by the daemon (a way
+    in never holds the worker or the app). ``on_processed`` is called (from this thread)
+    after each chunk of processed mail, so the daemon sends the acknowledgements at once
+    instead of at its next sweep.
     """
 
-    def __init__(self, app: App, account: ImapAccount, *,
+    def __init__(self, account: ImapAccount, store: Store, settle: Settle, *,
                  on_processed: Callable[[], None] = lambda: None,
                  tuning: Tuning | None = None) -> None:
-        self.app = app
         self.account = account
+        self.store = store
+        self.settle = settle
         self.on_processed = on_processed
         self.tuning = tuning or Tuning()
         self.channel = f"imap:{account.name}"
@@ -352,35 +357,13 @@ class ImapPoller:
 
     def _take(self, uid: int, raw: bytes) -> Taken:
         """Store-first, then process: the move that follows depends on the outcome."""
-        stored = store_raw(self.app.sessions, self.app.clock, raw, self.channel)
-        status = self._settle(stored.inbound_id)
+        stored = self.store(raw, self.channel)
+        status = self.settle(stored.inbound_id, self._stop.is_set)
         if stored.duplicate:
             log.info("imap account %r: uid %s is inbound %s, stored before (%s); moving it on",
                      self.account.name, uid, stored.inbound_id, status)
         return Taken(uid, stored.inbound_id, status, stored.duplicate,
                      destination(self.account, status))
-
-    def _settle(self, inbound_id: int) -> str:
-        """Process the row here; if another worker has it, wait (bounded) for its verdict."""
-        status = process_one(self.app, inbound_id)
-        if status is not None:
-            return status
-        deadline = time.monotonic() + self.tuning.settle_seconds
-        while True:
-            status = self._status(inbound_id)
-            if status != "pending" or time.monotonic() > deadline or self._stop.is_set():
-                return status
-            time.sleep(0.05)
-
-    def _status(self, inbound_id: int) -> str:
-        try:
-            with self.app.sessions() as session:
-                return session.execute(
-                    select(Inbound.status).where(Inbound.id == inbound_id)).scalar_one()
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise StorageUnavailable(str(exc).splitlines()[0]) from exc
-            raise
 
     def _move(self, client: IMAPClient, uids: list[int], folder: str) -> None:
         """RFC 6851 MOVE is atomic. Without it: COPY, flag \\Deleted, and expunge only these
@@ -455,10 +438,12 @@ def _text(exc: BaseException) -> str:
 class ImapPollers:
     """Every account's poller, started and stopped together by the daemon."""
 
-    def __init__(self, app: App, on_processed: Callable[[], None] = lambda: None,
+    def __init__(self, accounts: Iterable[ImapAccount], store: Store, settle: Settle,
+                 on_processed: Callable[[], None] = lambda: None,
                  tuning: Tuning | None = None) -> None:
-        self.pollers = [ImapPoller(app, account, on_processed=on_processed, tuning=tuning)
-                        for account in app.settings.imap]
+        self.pollers = [ImapPoller(account, store, settle, on_processed=on_processed,
+                                   tuning=tuning)
+                        for account in accounts]
 
     def start(self) -> None:
         for poller in self.pollers:

@@ -19,6 +19,7 @@ from mailgate.clock import Clock
 from mailgate.db import writelock
 from mailgate.db.engine import StorageUnavailable, core_transaction, is_unavailable
 from mailgate.db.models import Inbound
+from mailgate.db.status import InboundStatus
 
 TRACE_HEADERS = frozenset(
     {b"received", b"return-path", b"delivered-to", b"x-original-to", b"x-received"})
@@ -108,7 +109,8 @@ def store_many(factory: sessionmaker[Session], clock: Clock,
             raw=a.raw, size=len(a.raw), digest=digest, message_id=message_id,
             dedup_key=dedup_key(message_id, digest), channel=a.channel[:40],
             envelope_from=a.envelope_from[:998], envelope_to=",".join(a.envelope_to),
-            received_at=now, status="pending", reason="", kind="", trail=[], attempts=0))
+            received_at=now, status=InboundStatus.PENDING, reason="", kind="", trail=[],
+            attempts=0))
     for attempt in (1, 2):
         try:
             known, new = _insert_new(factory, rows)

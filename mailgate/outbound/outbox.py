@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from mailgate.db.models import Event, Outbox
+from mailgate.db.status import OutboxStatus
 from mailgate.outbound.compose import Outgoing, build
 
 
@@ -14,7 +15,7 @@ def enqueue(session: Session, out: Outgoing, kind: str, *, ticket_id: int | None
     row = Outbox(
         ticket_id=ticket_id, inbound_id=inbound_id, kind=kind, sender=out.from_addr,
         recipients=",".join(out.to), message_id=out.message_id, subject=out.subject,
-        raw=build(out), status="pending", attempts=0, next_attempt_at=out.date,
+        raw=build(out), status=OutboxStatus.PENDING, attempts=0, next_attempt_at=out.date,
         lease_until=None, last_error="", created_at=out.date, sent_at=None)
     session.add(row)
     session.flush()

@@ -27,6 +27,7 @@ from mailgate.clock import Clock
 from mailgate.config import OutboundSettings
 from mailgate.db.engine import transaction
 from mailgate.db.models import Event, Outbox
+from mailgate.db.status import OutboxStatus
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=2)
@@ -157,7 +158,7 @@ def _claim(factory: sessionmaker[Session], clock: Clock, limit: int) -> list[Out
     with transaction(factory) as session:
         rows = list(session.execute(
             select(Outbox)
-            .where(Outbox.status == "pending", Outbox.next_attempt_at <= now,
+            .where(Outbox.status == OutboxStatus.PENDING, Outbox.next_attempt_at <= now,
                    or_(Outbox.lease_until.is_(None), Outbox.lease_until < now))
             .order_by(Outbox.next_attempt_at, Outbox.id)
             .limit(limit)
@@ -176,29 +177,29 @@ def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettin
     with transport.batch():
         for row in rows:
             result = _deliver(factory, clock, settings, transport, row)
-            sent += result == "sent"
-            retrying += result == "pending"
-            failed += result == "failed"
+            sent += result == OutboxStatus.SENT
+            retrying += result == OutboxStatus.PENDING
+            failed += result == OutboxStatus.FAILED
     return FlushResult(sent, retrying, failed)
 
 
 def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
-             transport: Transport, row: Outbox) -> str:
+             transport: Transport, row: Outbox) -> OutboxStatus:
     """Sends one claimed row and records the outcome; returns the row's new status."""
     error = ""
-    status = "sent"
+    status = OutboxStatus.SENT
     try:
         transport.send(row.sender, row.recipients.split(","), row.raw)
     except PermanentFailure as exc:
-        status, error = "failed", str(exc)
+        status, error = OutboxStatus.FAILED, str(exc)
     except (TimeoutError, OSError, smtplib.SMTPException) as exc:
-        status, error = "pending", f"{type(exc).__name__}: {exc}"
+        status, error = OutboxStatus.PENDING, f"{type(exc).__name__}: {exc}"
     now = clock.now()
     values: dict[str, object] = {"status": status, "lease_until": None,
                                  "attempts": Outbox.attempts + 1, "last_error": error}
-    if status == "sent":
+    if status == OutboxStatus.SENT:
         values["sent_at"] = now
-    elif status == "pending":
+    elif status == OutboxStatus.PENDING:
         values["next_attempt_at"] = now + backoff(settings, row.attempts + 1)
         log.warning("outbox %s to %s: will retry: %s", row.id, row.recipients, error)
     else:
@@ -207,10 +208,10 @@ def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSet
         # Only a row still ours to settle: a bounce may already have marked it failed while
         # we were talking to the relay, and that verdict must stand.
         result = session.execute(update(Outbox).where(
-            Outbox.id == row.id, Outbox.status == "pending").values(**values))
+            Outbox.id == row.id, Outbox.status == OutboxStatus.PENDING).values(**values))
         if not result.rowcount:  # type: ignore[attr-defined]
-            return "failed"
-        if status != "pending":
+            return OutboxStatus.FAILED
+        if status != OutboxStatus.PENDING:
             session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
                               outbox_id=row.id, detail={"error": error} if error else {}))
     return status
@@ -218,9 +219,9 @@ def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSet
 
 def retry(session: Session, clock: Clock, outbox_id: int | None = None) -> int:
     """Make failed (or waiting) rows due now; `mailgate outbox retry`."""
-    stmt = update(Outbox).where(Outbox.status.in_(("failed", "pending")))
+    stmt = update(Outbox).where(Outbox.status.in_((OutboxStatus.FAILED, OutboxStatus.PENDING)))
     if outbox_id is not None:
         stmt = stmt.where(Outbox.id == outbox_id)
-    result = session.execute(stmt.values(status="pending", next_attempt_at=clock.now(),
+    result = session.execute(stmt.values(status=OutboxStatus.PENDING, next_attempt_at=clock.now(),
                                          lease_until=None))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

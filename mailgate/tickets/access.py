@@ -11,10 +11,27 @@ from mailgate.db.models import Agent, Editor, Message, Ticket
 
 
 @dataclass(frozen=True)
+class EditorInfo:
+    email: str
+    site_id: str
+    name: str = ""
+    phone: str = ""
+    language: str = ""
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    email: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Sender:
+    """Who wrote a mail, as plain values: the policy rules never touch ORM rows."""
+
     address: str
-    editor: Editor | None
-    agent: Agent | None
+    editor: EditorInfo | None
+    agent: AgentInfo | None
 
     @property
     def known(self) -> bool:
@@ -24,7 +41,11 @@ class Sender:
 def identify(session: Session, address: str) -> Sender:
     editor = session.execute(select(Editor).where(Editor.email == address)).scalar_one_or_none()
     agent = session.execute(select(Agent).where(Agent.email == address)).scalar_one_or_none()
-    return Sender(address, editor, agent)
+    return Sender(
+        address,
+        EditorInfo(editor.email, editor.site_id, editor.name, editor.phone, editor.language)
+        if editor is not None else None,
+        AgentInfo(agent.email, agent.name) if agent is not None else None)
 
 
 def may_write(session: Session, ticket: Ticket, sender: Sender) -> bool:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate.db.models import BouncingAddress, Event, Inbound, Outbox
+from mailgate.db.status import OutboxStatus
 from mailgate.mail.addresses import is_valid_address
 
 
@@ -19,7 +20,7 @@ def record_bounce(session: Session, inbound: Inbound, *, original_ids: tuple[str
         .scalars()) if original_ids else []
     addresses = {a.lower() for a in recipients if is_valid_address(a)}
     for row in rows:
-        row.status = "failed"
+        row.status = OutboxStatus.FAILED
         row.dsn_status = status[:20]
         row.last_error = f"bounced ({status or 'no status'}), inbound {inbound.id}"
         if not addresses:

@@ -4,47 +4,30 @@ caller's transaction."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mailgate import blobs
-from mailgate.calendar import BusinessCalendar
-from mailgate.config import Settings
-from mailgate.db.models import Agent, Attachment, Counter, Event, Inbound, Message, Site, Ticket
+from mailgate.db.models import Attachment, Counter, Event, Inbound, Message, Site, Ticket
 from mailgate.mail.attachments import display_name
 from mailgate.mail.parse import ParsedMail
-from mailgate.mail.references import MessageIds, TicketRef, remove_tags, strip_prefixes
+from mailgate.mail.references import TicketRef, remove_tags, strip_prefixes
 from mailgate.outbound.compose import Outgoing
 from mailgate.outbound.outbox import enqueue
-from mailgate.outbound.render import Renderer
 from mailgate.tickets import autoanswer
-from mailgate.tickets.access import Sender
+from mailgate.tickets.access import AgentInfo, Sender
 from mailgate.tickets.completeness import find_site_id, missing_items
+from mailgate.tickets.desk import Desk
 from mailgate.tickets.states import State, after_requester_mail
-
-
-@dataclass(frozen=True)
-class Desk:
-    """What the service needs from outside: settings, ids, texts, calendar."""
-
-    settings: Settings
-    ids: MessageIds
-    renderer: Renderer
-    calendar: BusinessCalendar
+from mailgate.tickets.text import display_text
 
 
 def next_number(session: Session) -> int:
     return int(session.execute(
         update(Counter).where(Counter.name == "ticket").values(value=Counter.value + 1)
         .returning(Counter.value)).scalar_one())
-
-
-def display_text(mail: ParsedMail) -> str:
-    """What agents read: the new part of the mail (the raw mail keeps the rest)."""
-    return mail.new_text or mail.text
 
 
 def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
@@ -186,12 +169,12 @@ def agent_note(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
 
 
 def agent_status(session: Session, ticket: Ticket, state: State, inbound: Inbound,
-                 now: datetime, agent: Agent) -> None:
+                 now: datetime, agent: AgentInfo) -> None:
     _set_state(session, ticket, state, inbound, now, by=agent.email)
 
 
 def agent_reply(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
-                inbound: Inbound, agent: Agent, text: str, now: datetime) -> None:
+                inbound: Inbound, agent: AgentInfo, text: str, now: datetime) -> None:
     """An agent's answer from their own mail client, relayed to the requester from the
     desk's address (agents' own addresses stay out of editors' address books)."""
     s = desk.settings

@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, select, text, update
 
 from mailgate.app import App
 from mailgate.config import ImapAccount
+from mailgate.daemon import imap_callables
 from mailgate.db.models import Inbound, Outbox, Ticket
 from mailgate.inbound.imap import (
     Backoff,
@@ -260,7 +261,7 @@ def test_copy_and_expunge_where_move_is_not_used(
         imap_app: AppFactory, dovecot_server: DovecotServer) -> None:
     app = imap_app()
     append(dovecot_server, requests(3))
-    p = ImapPoller(app, app.settings.imap[0], tuning=Tuning(use_move=False))
+    p = ImapPoller(app.settings.imap[0], *imap_callables(app), tuning=Tuning(use_move=False))
     p.start()
     try:
         until(lambda: count(dovecot_server, "Processed") == 3, what="copy + expunge")

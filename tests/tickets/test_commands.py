@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.mail.commands import CommandError, parse_command
+from mailgate.tickets.commands import CommandError, parse_command
 from mailgate.tickets.states import State
 
 

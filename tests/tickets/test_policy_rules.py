@@ -1,24 +1,22 @@
-"""Each classification rule alone, on hand-made facts (no database)."""
+"""Each classification rule alone, on hand-made facts: plain values, no database."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
-from typing import Any
 
-from mailgate.mail import classify as c
 from mailgate.mail.authenticity import Verdict
 from mailgate.mail.automatic import Automatic
-from mailgate.mail.commands import AgentCommand
 from mailgate.mail.parse import ParsedMail
-from mailgate.tickets.access import Sender
+from mailgate.tickets import policy as c
+from mailgate.tickets.access import AgentInfo, EditorInfo, Sender
+from mailgate.tickets.commands import AgentCommand
 
 MAIL = ParsedMail(message_id="<m@x>", subject="s", from_addr="eva@x.example", from_name="",
                   to=(), cc=(), reply_to="", in_reply_to=(), references=(), text="t")
-EDITOR: Any = SimpleNamespace(site_id="1234")
-AGENT: Any = SimpleNamespace(email="alex@desk.example")
-TICKET: Any = SimpleNamespace(ref="SD-1", state="open")
-CLOSED: Any = SimpleNamespace(ref="SD-1", state="closed")
+EDITOR = EditorInfo("eva@x.example", "1234")
+AGENT = AgentInfo("alex@desk.example")
+TICKET = c.TicketInfo(1, "SD-1", "open")
+CLOSED = c.TicketInfo(1, "SD-1", "closed")
 BASE = c.Facts(mail=MAIL, sender=Sender("eva@x.example", EDITOR, None), from_us=False,
                ticket=None, found_by="", may_write=False, accept_unknown=False)
 

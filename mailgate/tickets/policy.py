@@ -1,8 +1,10 @@
-"""Decides what a stored mail is, before anything acts on it (DESIGN §1.4).
+"""Decides what a stored mail is, before anything acts on it (docs/design.md §1.4).
 
 Policy is an ordered table of small rules over :class:`Facts`; the first rule that
 matches decides, and its name is recorded on the inbound row (``inbound show``).
-Facts are gathered once (database look-ups included) so that every rule is a pure function.
+Facts are plain values gathered once (:mod:`mailgate.tickets.facts`, database look-ups
+included) so that every rule is a pure function; what a decision then does is one handler
+in :mod:`mailgate.tickets.apply`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mailgate.db.models import Ticket
 from mailgate.mail.authenticity import Verdict
 from mailgate.mail.automatic import Automatic
-from mailgate.mail.commands import AgentCommand
 from mailgate.mail.parse import ParsedMail
 from mailgate.tickets.access import Sender
+from mailgate.tickets.commands import AgentCommand
 from mailgate.tickets.states import State
 
 
@@ -45,11 +46,22 @@ class Action(StrEnum):
 
 
 @dataclass(frozen=True)
+class TicketInfo:
+    """The ticket a mail refers to, as the rules see it."""
+
+    id: int
+    ref: str
+    state: str
+    requester: str = ""
+    site_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Facts:
     mail: ParsedMail
     sender: Sender
     from_us: bool
-    ticket: Ticket | None
+    ticket: TicketInfo | None
     found_by: str              # "references", "subject tag" or ""
     may_write: bool
     accept_unknown: bool
@@ -64,7 +76,7 @@ class Decision:
     action: Action
     rule: str
     reason: str
-    ticket: Ticket | None = None
+    ticket: TicketInfo | None = None
 
 
 Rule = Callable[[Facts], Decision | None]
