@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailgate.mail.addresses import is_valid_address
 
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 LANGUAGES = ("nl", "fr", "en")
 
 
@@ -162,7 +161,7 @@ class Settings:
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     state_dir: str = "var"
-    templates_dir: str = str(DEFAULT_TEMPLATES_DIR)
+    templates_dir: str = ""  # overrides, file by file; "" = the packaged templates only
     log_level: str = "INFO"
     source: str = ""
 
@@ -317,8 +316,10 @@ def _validate(s: Settings) -> None:
     _positive("worker.batch_size", s.worker.batch_size)
     _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
            "must be DEBUG, INFO, WARNING or ERROR")
-    _check(Path(s.templates_dir).is_dir(), "templates_dir",
-           f"directory {s.templates_dir} does not exist")
+    if s.templates_dir:
+        _check(Path(s.templates_dir).is_dir(), "templates_dir",
+               f"directory {s.templates_dir} does not exist (leave the key out to use only"
+               " the templates shipped with mailgate)")
 
 
 def from_dict(data: dict[str, Any], source: str = "") -> Settings:
