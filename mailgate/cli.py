@@ -1,6 +1,7 @@
 """The `mailgate` command. Thin: parses arguments, calls services, prints results.
 
-Exit codes follow sysexits (DESIGN §3): 0 ok, 64 usage, 65 bad data, 75 try again, 78 config.
+Queries and their text and JSON views live in :mod:`mailgate.views`; exit codes follow
+sysexits (:mod:`mailgate.exitcodes`, docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import click
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate import config as config_mod
@@ -23,11 +23,17 @@ from mailgate.app import App
 from mailgate.clock import FixedClock, parse_iso
 from mailgate.db.engine import is_unavailable, reading, transaction
 from mailgate.db.migrate import SchemaOutdated, current_revision, head_revision, upgrade
-from mailgate.db.models import Agent, Editor, Inbound, Outbox, Site, Ticket
+from mailgate.db.models import Inbound
+from mailgate.exitcodes import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_USAGE,
+)
 from mailgate.mail.references import parse_ref
 from mailgate.tickets import registry
-
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 66, 75, 78
 
 
 class Fail(click.ClickException):
@@ -60,34 +66,38 @@ def _app(ctx: click.Context, clock_at: str | None = None) -> App:
 
 
 @contextmanager
-def _tx(app: App, write: bool = True) -> Iterator[Session]:
+def _storage(what: str = "storage unavailable") -> Iterator[None]:
+    """One translation of storage trouble into exit codes, for every command."""
     try:
-        with (transaction if write else reading)(app.sessions) as session:
-            yield session
+        yield
+    except Fail:
+        raise
     except registry.RegistryError as exc:
         raise Fail(str(exc), EX_DATAERR) from exc
+    except SchemaOutdated as exc:
+        raise Fail(str(exc), EX_CONFIG) from exc
     except Exception as exc:
         if is_unavailable(exc):
-            raise Fail(f"storage unavailable: {str(exc).splitlines()[0]}", EX_TEMPFAIL) from exc
+            raise Fail(f"{what}: {str(exc).splitlines()[0]}", EX_TEMPFAIL) from exc
         raise
+
+
+@contextmanager
+def _tx(app: App, write: bool = True) -> Iterator[Session]:
+    with _storage(), (transaction if write else reading)(app.sessions) as session:
+        yield session
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text(data))
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i][:60]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v[:60].ljust(w) for v, w in zip(row, widths, strict=True))
-              for row in cells]
-    return "\n".join(lines)
+def _table(cols: list[str]) -> Callable[[list[dict[str, Any]]], str]:
+    return lambda rows: views.table(rows, cols)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mailgate", prog_name="mailgate")
 @click.option("--config", "config_path", envvar="MAILGATE_CONFIG", type=click.Path(),
               help="TOML config file (default: $MAILGATE_CONFIG, else built-in defaults).")
 @click.pass_context
@@ -115,12 +125,8 @@ def db() -> None:
 def db_upgrade(ctx: click.Context) -> None:
     """Migrate the database to the schema this mailgate needs."""
     app = _app(ctx)
-    try:
+    with _storage():
         before, after = upgrade(app.engine)
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise Fail(f"storage unavailable: {str(exc).splitlines()[0]}", EX_TEMPFAIL) from exc
-        raise
     click.echo(f"database at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 
@@ -129,7 +135,9 @@ def db_upgrade(ctx: click.Context) -> None:
 def db_status(ctx: click.Context) -> None:
     """Show the schema revision of the database and the one the code needs."""
     app = _app(ctx)
-    click.echo(f"database: {current_revision(app.engine) or 'empty'}; code: {head_revision()}")
+    with _storage():
+        current = current_revision(app.engine)
+    click.echo(f"database: {current or 'empty'}; code: {head_revision()}")
 
 
 @cli.command()
@@ -139,17 +147,13 @@ def serve(ctx: click.Context) -> None:
     from mailgate.daemon import Daemon
 
     app = _app(ctx)
-    try:
-        asyncio.run(Daemon(app).run())
-    except SchemaOutdated as exc:
-        raise Fail(str(exc), EX_CONFIG) from exc
-    except OSError as exc:
-        raise Fail(f"cannot start: {exc}", EX_CONFIG if exc.errno else EX_TEMPFAIL) from exc
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise Fail(f"storage unavailable at start: {str(exc).splitlines()[0]}",
-                       EX_TEMPFAIL) from exc
-        raise
+    with _storage("storage unavailable at start"):
+        try:
+            asyncio.run(Daemon(app).run())
+        except OSError as exc:
+            if is_unavailable(exc):
+                raise
+            raise Fail(f"cannot start: {exc}", EX_CONFIG if exc.errno else EX_TEMPFAIL) from exc
 
 
 @cli.command()
@@ -162,7 +166,7 @@ def deliver(ctx: click.Context, sender: str | None, recipient: tuple[str, ...]) 
 
     app = _app(ctx)
     try:
-        code, stored, error = do_deliver(app, sys.stdin.buffer, sender,
+        code, stored, error = do_deliver(app.sessions, app.clock, sys.stdin.buffer, sender,
                                          list(recipient) if recipient else None)
     except OSError as exc:
         code, stored, error = EX_TEMPFAIL, None, f"storage unavailable: {exc}"
@@ -178,6 +182,7 @@ def deliver(ctx: click.Context, sender: str | None, recipient: tuple[str, ...]) 
 @click.pass_context
 def tick(ctx: click.Context, now: str | None) -> None:
     """Process pending mail, run due sweeps once, flush the outbox, exit."""
+    from mailgate.db.migrate import require_current
     from mailgate.outbound import sender
     from mailgate.worker import process_pending
 
@@ -185,11 +190,9 @@ def tick(ctx: click.Context, now: str | None) -> None:
         app = _app(ctx, now)
     except ValueError as exc:
         raise Fail(f"--now: {exc}", EX_USAGE) from exc
-    try:
-        from mailgate.db.migrate import require_current
-
+    with _storage():
         require_current(app.engine)
-        total = processed = 0
+        processed = 0
         while True:
             result = process_pending(app)
             processed += result.processed
@@ -198,16 +201,7 @@ def tick(ctx: click.Context, now: str | None) -> None:
             if result.processed < app.settings.worker.batch_size:
                 break
         flushed = sender.flush(app.sessions, app.clock, app.settings.outbound, app.transport)
-        total = flushed.sent
-    except SchemaOutdated as exc:
-        raise Fail(str(exc), EX_CONFIG) from exc
-    except Fail:
-        raise
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise Fail(f"storage unavailable: {str(exc).splitlines()[0]}", EX_TEMPFAIL) from exc
-        raise
-    click.echo(f"processed {processed} inbound; sent {total}, "
+    click.echo(f"processed {processed} inbound; sent {flushed.sent}, "
                f"retrying {flushed.retrying}, failed {flushed.failed}")
 
 
@@ -225,35 +219,8 @@ def tickets() -> None:
 def tickets_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
-        stmt = select(Ticket).order_by(Ticket.number)
-        if state:
-            stmt = stmt.where(Ticket.state == state)
-        rows = [views.ticket_summary(t) for t in session.execute(stmt).scalars()]
-    _emit(rows, as_json, lambda r: _table(r, ["ref", "state", "site_id", "requester",
-                                              "created_at", "subject"]))
-
-
-def _ticket_text(t: dict[str, Any]) -> str:
-    lines = [f"{t['ref']}  {t['subject']}",
-             f"  state {t['state']}  priority {t['priority']}  kind {t['kind']}  "
-             f"site {t['site_id'] or '-'}",
-             f"  requester {t['requester_name']} <{t['requester']}>",
-             f"  created {t['created_at']}  first response due {t['first_response_due']}"]
-    if t["linked_to"]:
-        lines.append(f"  linked to {t['linked_to']}")
-    if t["requester_bouncing"]:
-        b = t["requester_bouncing"]
-        lines.append(f"  WARNING: mail to {t['requester']} bounces (status {b['status']}, "
-                     f"{b['count']}x since {b['since']})")
-    for m in t["messages"]:
-        arrow = "<-" if m["direction"] == "in" else "->"
-        lines.append(f"\n{arrow} {m['created_at']} {m['kind']} from {m['from']} "
-                     f"to {', '.join(m['to'])}")
-        lines.append(f"   Subject: {m['subject']}")
-        lines.extend(f"   | {ln}" for ln in (m["body"] or "").splitlines()[:40])
-        lines.extend(f"   [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)"
-                     for a in m["attachments"])
-    return "\n".join(lines)
+        rows = views.tickets(session, state)
+    _emit(rows, as_json, _table(views.TICKET_COLUMNS))
 
 
 @tickets.command("show")
@@ -264,12 +231,11 @@ def tickets_show(ctx: click.Context, ref: str, as_json: bool) -> None:
     app = _app(ctx)
     parsed = parse_ref(app.settings.desk.ticket_prefix, ref)
     with _tx(app, write=False) as session:
-        ticket = session.execute(select(Ticket).where(
-            Ticket.ref == str(parsed))).scalar_one_or_none() if parsed else None
+        ticket = views.ticket_by_ref(session, str(parsed)) if parsed else None
         if ticket is None:
             raise Fail(f"no ticket {ref}", EX_NOINPUT)
         data = views.ticket_detail(session, ticket)
-    _emit(data, as_json, _ticket_text)
+    _emit(data, as_json, views.ticket_text)
 
 
 # --- inbound, quarantine, outbox -----------------------------------------------------------
@@ -281,13 +247,7 @@ def inbound() -> None:
 
 def _inbound_rows(app: App, status: str | None) -> list[dict[str, Any]]:
     with _tx(app, write=False) as session:
-        stmt = select(Inbound).order_by(Inbound.id)
-        if status:
-            stmt = stmt.where(Inbound.status == status)
-        return [views.inbound_summary(r) for r in session.execute(stmt).scalars()]
-
-
-_INBOUND_COLS = ["id", "received_at", "channel", "status", "ticket", "message_id", "reason"]
+        return views.inbound_rows(session, status)
 
 
 @inbound.command("list")
@@ -296,19 +256,7 @@ _INBOUND_COLS = ["id", "received_at", "channel", "status", "ticket", "message_id
 @click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
 @click.pass_context
 def inbound_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
-    _emit(_inbound_rows(_app(ctx), status), as_json, lambda r: _table(r, _INBOUND_COLS))
-
-
-def _inbound_text(d: dict[str, Any]) -> str:
-    lines = [f"inbound {d['id']}: {d['status']}" + (f" -> {d['ticket']}" if d["ticket"] else ""),
-             f"  message-id {d['message_id']}", f"  channel {d['channel']}  received "
-             f"{d['received_at']}  processed {d['processed_at']}  attempts {d['attempts']}",
-             f"  envelope {d['envelope_from']} -> {', '.join(d['envelope_to'])}",
-             f"  kind {d['kind'] or '-'}  reason {d['reason'] or '-'}", "  decision trail:"]
-    lines += [f"    {i}. {s['rule']}: {s['result']}" + (f" — {s['reason']}" if s.get("reason")
-                                                        else "")
-              for i, s in enumerate(d["trail"], 1)] or ["    (not processed yet)"]
-    return "\n".join(lines)
+    _emit(_inbound_rows(_app(ctx), status), as_json, _table(views.INBOUND_COLUMNS))
 
 
 def _show_inbound(app: App, inbound_id: int, as_json: bool, raw: bool) -> None:
@@ -320,7 +268,7 @@ def _show_inbound(app: App, inbound_id: int, as_json: bool, raw: bool) -> None:
             sys.stdout.buffer.write(row.raw)
             return
         data = views.inbound_detail(row)
-    _emit(data, as_json, _inbound_text)
+    _emit(data, as_json, views.inbound_text)
 
 
 @inbound.command("show")
@@ -341,7 +289,7 @@ def quarantine() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
 @click.pass_context
 def quarantine_list(ctx: click.Context, as_json: bool) -> None:
-    _emit(_inbound_rows(_app(ctx), "quarantined"), as_json, lambda r: _table(r, _INBOUND_COLS))
+    _emit(_inbound_rows(_app(ctx), "quarantined"), as_json, _table(views.INBOUND_COLUMNS))
 
 
 @quarantine.command("show")
@@ -383,13 +331,8 @@ def outbox() -> None:
 def outbox_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
-        stmt = select(Outbox).order_by(Outbox.id)
-        if status:
-            stmt = stmt.where(Outbox.status == status)
-        rows = [views.outbox_row(o) for o in session.execute(stmt).scalars()]
-    _emit(rows, as_json, lambda r: _table(r, ["id", "kind", "status", "dsn_status", "to",
-                                              "attempts", "next_attempt_at", "subject",
-                                              "last_error"]))
+        rows = views.outbox_rows(session, status)
+    _emit(rows, as_json, _table(views.OUTBOX_COLUMNS))
 
 
 @outbox.command("retry")
@@ -429,10 +372,8 @@ def sites_add(ctx: click.Context, site_id: str, name: str) -> None:
 def sites_list(ctx: click.Context, as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
-        rows = [views.site_row(s) for s in
-                session.execute(select(Site).order_by(Site.site_id)).scalars()]
-    _emit(rows, as_json, lambda r: _table(
-        [{**x, "editors": ", ".join(x["editors"])} for x in r], ["site_id", "name", "editors"]))
+        rows = views.sites(session)
+    _emit(rows, as_json, views.site_table)
 
 
 @sites.command("remove")
@@ -474,11 +415,8 @@ def editors_add(ctx: click.Context, site_id: str, email: str, name: str, phone: 
 def editors_list(ctx: click.Context, site_id: str | None, as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
-        stmt = select(Editor).order_by(Editor.site_id, Editor.slot)
-        if site_id:
-            stmt = stmt.where(Editor.site_id == site_id)
-        rows = [views.editor_row(e) for e in session.execute(stmt).scalars()]
-    _emit(rows, as_json, lambda r: _table(r, ["site_id", "email", "name", "phone", "language"]))
+        rows = views.editors(session, site_id)
+    _emit(rows, as_json, _table(views.EDITOR_COLUMNS))
 
 
 @editors.command("remove")
@@ -513,9 +451,8 @@ def agents_add(ctx: click.Context, email: str, name: str) -> None:
 def agents_list(ctx: click.Context, as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
-        rows = [views.agent_row(a) for a in
-                session.execute(select(Agent).order_by(Agent.email)).scalars()]
-    _emit(rows, as_json, lambda r: _table(r, ["email", "name"]))
+        rows = views.agents(session)
+    _emit(rows, as_json, _table(views.AGENT_COLUMNS))
 
 
 @agents.command("remove")

@@ -96,3 +96,112 @@ def editor_row(e: Editor) -> dict[str, Any]:
 
 def agent_row(a: Agent) -> dict[str, Any]:
     return {"email": a.email, "name": a.name}
+
+
+# --- queries behind the listings ---------------------------------------------------------
+
+def tickets(session: Session, state: str | None = None) -> list[dict[str, Any]]:
+    stmt = select(Ticket).order_by(Ticket.number)
+    if state:
+        stmt = stmt.where(Ticket.state == state)
+    return [ticket_summary(t) for t in session.execute(stmt).scalars()]
+
+
+def ticket_by_ref(session: Session, ref: str) -> Ticket | None:
+    return session.execute(select(Ticket).where(Ticket.ref == ref)).scalar_one_or_none()
+
+
+def inbound_rows(session: Session, status: str | None = None) -> list[dict[str, Any]]:
+    stmt = select(Inbound).order_by(Inbound.id)
+    if status:
+        stmt = stmt.where(Inbound.status == status)
+    return [inbound_summary(r) for r in session.execute(stmt).scalars()]
+
+
+def outbox_rows(session: Session, status: str | None = None) -> list[dict[str, Any]]:
+    stmt = select(Outbox).order_by(Outbox.id)
+    if status:
+        stmt = stmt.where(Outbox.status == status)
+    return [outbox_row(o) for o in session.execute(stmt).scalars()]
+
+
+def sites(session: Session) -> list[dict[str, Any]]:
+    return [site_row(s) for s in session.execute(select(Site).order_by(Site.site_id)).scalars()]
+
+
+def editors(session: Session, site_id: str | None = None) -> list[dict[str, Any]]:
+    stmt = select(Editor).order_by(Editor.site_id, Editor.slot)
+    if site_id:
+        stmt = stmt.where(Editor.site_id == site_id)
+    return [editor_row(e) for e in session.execute(stmt).scalars()]
+
+
+def agents(session: Session) -> list[dict[str, Any]]:
+    return [agent_row(a) for a in session.execute(select(Agent).order_by(Agent.email)).scalars()]
+
+
+# --- text views (the human side of the same data) ----------------------------------------
+
+TICKET_COLUMNS = ["ref", "state", "site_id", "requester", "created_at", "subject"]
+INBOUND_COLUMNS = ["id", "received_at", "channel", "status", "ticket", "message_id", "reason"]
+OUTBOX_COLUMNS = ["id", "kind", "status", "dsn_status", "to", "attempts", "next_attempt_at",
+                  "subject", "last_error"]
+EDITOR_COLUMNS = ["site_id", "email", "name", "phone", "language"]
+AGENT_COLUMNS = ["email", "name"]
+
+
+def table(rows: list[dict[str, Any]], cols: list[str], width: int = 60) -> str:
+    """Aligned columns, long cells cut at ``width``; lists joined with commas."""
+    if not rows:
+        return "(none)"
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    cells = [[cell(r.get(c))[:width] for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+              for row in cells]
+    return "\n".join(lines)
+
+
+def site_table(rows: list[dict[str, Any]]) -> str:
+    return table(rows, ["site_id", "name", "editors"])
+
+
+def ticket_text(t: dict[str, Any]) -> str:
+    lines = [f"{t['ref']}  {t['subject']}",
+             f"  state {t['state']}  priority {t['priority']}  kind {t['kind']}  "
+             f"site {t['site_id'] or '-'}",
+             f"  requester {t['requester_name']} <{t['requester']}>",
+             f"  created {t['created_at']}  first response due {t['first_response_due']}"]
+    if t["linked_to"]:
+        lines.append(f"  linked to {t['linked_to']}")
+    if t["requester_bouncing"]:
+        b = t["requester_bouncing"]
+        lines.append(f"  WARNING: mail to {t['requester']} bounces (status {b['status']}, "
+                     f"{b['count']}x since {b['since']})")
+    for m in t["messages"]:
+        arrow = "<-" if m["direction"] == "in" else "->"
+        lines.append(f"\n{arrow} {m['created_at']} {m['kind']} from {m['from']} "
+                     f"to {', '.join(m['to'])}")
+        lines.append(f"   Subject: {m['subject']}")
+        lines.extend(f"   | {ln}" for ln in (m["body"] or "").splitlines()[:40])
+        lines.extend(f"   [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)"
+                     for a in m["attachments"])
+    return "\n".join(lines)
+
+
+def inbound_text(d: dict[str, Any]) -> str:
+    lines = [f"inbound {d['id']}: {d['status']}" + (f" -> {d['ticket']}" if d["ticket"] else ""),
+             f"  message-id {d['message_id']}", f"  channel {d['channel']}  received "
+             f"{d['received_at']}  processed {d['processed_at']}  attempts {d['attempts']}",
+             f"  envelope {d['envelope_from']} -> {', '.join(d['envelope_to'])}",
+             f"  kind {d['kind'] or '-'}  reason {d['reason'] or '-'}", "  decision trail:"]
+    lines += [f"    {i}. {s['rule']}: {s['result']}" + (f" — {s['reason']}" if s.get("reason")
+                                                        else "")
+              for i, s in enumerate(d["trail"], 1)] or ["    (not processed yet)"]
+    return "\n".join(lines)

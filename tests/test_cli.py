@@ -189,3 +189,12 @@ def test_quarantine_replay(cli: Cli) -> None:
     assert detail["status"] == "quarantined"  # still broken: quarantined again, not lost
     usage = cli("quarantine", "replay")
     assert usage.returncode == 64
+
+
+def test_version_names_the_installed_package() -> None:
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", "mailgate", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"mailgate, version {version('mailgate')}"

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from mailgate.app import App
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.clock import Clock
 from mailgate.db.engine import StorageUnavailable, is_unavailable
+from mailgate.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailgate.inbound.store import Stored, store_raw
 
-EX_OK, EX_DATAERR, EX_TEMPFAIL = 0, 65, 75
 
-
-def deliver(app: App, stream: BinaryIO, sender: str | None = None,
+def deliver(sessions: sessionmaker[Session], clock: Clock, stream: BinaryIO,
+            sender: str | None = None,
             recipients: list[str] | None = None) -> tuple[int, Stored | None, str]:
     raw = stream.read()
     if not raw.strip():
@@ -27,7 +29,7 @@ def deliver(app: App, stream: BinaryIO, sender: str | None = None,
         env_rcpt = os.environ.get("RECIPIENT", "")
         recipients = [env_rcpt] if env_rcpt else []
     try:
-        stored = store_raw(app.sessions, app.clock, raw, "pipe", sender, recipients)
+        stored = store_raw(sessions, clock, raw, "pipe", sender, recipients)
     except StorageUnavailable as exc:
         return EX_TEMPFAIL, None, f"storage unavailable: {exc}"
     except Exception as exc:
