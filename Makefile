@@ -29,6 +29,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check mailgate tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install

@@ -41,7 +41,7 @@ class Fail(click.ClickException):
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
-        self.exit_code = code
+        self.code = code
 
 
 def _app(ctx: click.Context, clock_at: str | None = None) -> App:
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except Fail as exc:
         click.echo(f"mailgate: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(exc.code)
     except click.UsageError as exc:
         exc.show()
         sys.exit(EX_USAGE)

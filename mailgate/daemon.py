@@ -9,7 +9,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from concurrent.futures import Future
 
 from mailgate import scheduler, systemd, worker
@@ -23,7 +24,7 @@ from mailgate.outbound import sender
 
 log = logging.getLogger(__name__)
 
-ExtraTask = Callable[["Daemon"], Awaitable[None]]
+ExtraTask = Callable[["Daemon"], Coroutine[Any, Any, None]]
 
 # How long an IMAP poller waits for a row another worker is processing before it leaves the
 # mail in the folder for its next pass.
@@ -68,6 +69,10 @@ class Daemon:
     def wake_sender(self) -> None:
         if self._loop and self._send:
             self._loop.call_soon_threadsafe(self._send.set)
+
+    @staticmethod
+    def _watchdog_ping() -> None:
+        systemd.notify("WATCHDOG=1")
 
     def stop(self) -> None:
         if self._loop and self._stop:
@@ -139,7 +144,7 @@ class Daemon:
         imap.start()
         interval = systemd.watchdog_interval()
         sched = scheduler.build(s.worker.poll_seconds, self.wake_worker, self.wake_sender,
-                                (interval, lambda: systemd.notify("WATCHDOG=1"))
+                                (interval, self._watchdog_ping)
                                 if interval else None)
         sched.start()
         if threading.current_thread() is threading.main_thread():

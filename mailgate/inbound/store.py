@@ -127,7 +127,7 @@ def store_many(factory: sessionmaker[Session], clock: Clock,
     out: list[Stored] = []
     seen: set[str] = set()
     for values in rows:
-        key = values["dedup_key"]
+        key = str(values["dedup_key"])
         if key in new and key not in seen:
             out.append(Stored(new[key], duplicate=False))
             seen.add(key)
@@ -141,8 +141,8 @@ def _insert_new(factory: sessionmaker[Session],
     """(dedup key → id already stored, dedup key → id stored now)."""
     with core_transaction(factory, writelock.INTAKE) as conn:
         keys = [r["dedup_key"] for r in rows]
-        known: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
-            _EXISTING, {"keys": keys}).all())
+        known: dict[str, int] = {k: i for k, i in conn.execute(
+            _EXISTING, {"keys": keys}).all()}
         fresh: dict[str, dict[str, Any]] = {}
         for values in rows:
             if values["dedup_key"] not in known:

@@ -392,7 +392,8 @@ def _walk(msg: Message) -> _Walk:
                     b for b in _field_blocks(part) if _RECIPIENT_FIELDS & b.keys())
             continue
         if ctype in _ENCLOSED:
-            inner = payload[0] if isinstance(payload, list) and payload else None
+            first = payload[0] if isinstance(payload, list) and payload else None
+            inner = first if isinstance(first, Message) else None
             data = _message_bytes(inner) if isinstance(inner, Message) else _part_bytes(part)
             if inner is not None and not out.returned_headers:
                 out.returned_headers = _headers(inner)
