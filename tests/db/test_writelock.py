@@ -1,0 +1,241 @@
+"""The in-process write lock (mailgate/db/writelock.py): one writer at a time, handed over to
+the oldest waiter of the highest class, intake first. Real threads, real SQLite."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from mailgate.clock import SystemClock
+from mailgate.config import DatabaseSettings
+from mailgate.db import writelock
+from mailgate.db.engine import make_engine, make_sessionmaker, transaction
+from mailgate.db.migrate import upgrade
+from mailgate.db.models import Inbound
+from mailgate.db.writelock import INTAKE, NORMAL, WriteLock
+from mailgate.inbound.store import store_raw
+from tests.support.mails import make_mail, wire
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _queued(lock: WriteLock) -> int:
+    """Threads waiting for the lock. The lock has no public view of its queue, and a test
+    that starts waiters must know each one is queued before it starts the next."""
+    with lock._cond:
+        return len(lock._waiting)
+
+
+class Waiters:
+    """Threads that each wait for the lock, note when they got it, and let go at once."""
+
+    def __init__(self, lock: WriteLock) -> None:
+        self.lock = lock
+        self.order: list[str] = []
+        self.threads: list[threading.Thread] = []
+
+    def add(self, name: str, priority: int, body: Callable[[], None] = lambda: None) -> None:
+        def run() -> None:
+            with self.lock.held(priority):
+                self.order.append(name)
+                body()
+        before = _queued(self.lock)
+        t = threading.Thread(target=run, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+        until(lambda: _queued(self.lock) == before + 1 or name in self.order, timeout=5,
+              what=f"{name} queued or through")
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(5)
+            assert not t.is_alive(), f"{t.name} never got the lock"
+
+
+@pytest.fixture
+def lock() -> WriteLock:
+    return WriteLock()
+
+
+def _hold(lock: WriteLock, priority: int = NORMAL) -> tuple[threading.Event, threading.Thread]:
+    """A thread holding the lock until the returned event is set."""
+    got, release = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with lock.held(priority):
+            got.set()
+            release.wait(10)
+    t = threading.Thread(target=run, name="holder", daemon=True)
+    t.start()
+    assert got.wait(5)
+    return release, t
+
+
+def test_waiters_get_the_lock_intake_first_then_in_arrival_order(lock: WriteLock) -> None:
+    release, holder = _hold(lock)
+    waiters = Waiters(lock)
+    for name, priority in [("normal-1", NORMAL), ("normal-2", NORMAL), ("intake-1", INTAKE),
+                           ("normal-3", NORMAL), ("intake-2", INTAKE)]:
+        waiters.add(name, priority)
+    assert waiters.order == [], "nobody may enter while the lock is held"
+    release.set()
+    holder.join(5)
+    waiters.join()
+    assert waiters.order == ["intake-1", "intake-2", "normal-1", "normal-2", "normal-3"]
+
+
+def test_intake_waits_for_at_most_the_one_transaction_in_progress(lock: WriteLock) -> None:
+    """A worker that takes the lock again the instant it lets go must not starve intake
+    (the busy-handler starvation the lock was written against)."""
+    done = threading.Event()
+    worker_rounds = 0
+
+    def worker() -> None:
+        nonlocal worker_rounds
+        # Bounded, so that a starving lock fails the assertion below instead of hanging.
+        while not done.is_set() and worker_rounds < 1000:
+            with lock.held(NORMAL):
+                worker_rounds += 1
+                time.sleep(0.002)
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    until(lambda: worker_rounds > 3, what="worker running")
+    try:
+        for _ in range(20):
+            asked = worker_rounds
+            with lock.held(INTAKE):
+                granted = worker_rounds
+            # The round in progress when intake asked may finish; no further one may start.
+            assert granted - asked <= 1, f"intake waited for {granted - asked} worker rounds"
+    finally:
+        done.set()
+        t.join(5)
+
+
+def test_one_holder_at_a_time_under_contention(lock: WriteLock) -> None:
+    inside = 0
+    most = 0
+    total = 0
+    guard = threading.Lock()
+
+    def work(priority: int) -> None:
+        nonlocal inside, most, total
+        for _ in range(50):
+            with lock.held(priority):
+                with guard:
+                    inside += 1
+                    most = max(most, inside)
+                value = total
+                time.sleep(0)  # invite a switch between read and write
+                total = value + 1
+                with guard:
+                    inside -= 1
+    threads = [threading.Thread(target=work, args=(INTAKE if i % 2 else NORMAL,))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert most == 1
+    assert total == 8 * 50, "an update was lost: two holders overlapped"
+
+
+def test_nested_use_in_one_thread_is_an_error_not_a_hang(lock: WriteLock) -> None:
+    with lock.held(), pytest.raises(RuntimeError, match="nested"), lock.held(INTAKE):
+        pass
+    # The refused inner request left no trace: another thread gets the lock at once.
+    waiters = Waiters(lock)
+    waiters.add("after", NORMAL)
+    waiters.join()
+    assert waiters.order == ["after"]
+
+
+def test_an_error_inside_releases_the_lock(lock: WriteLock) -> None:
+    with pytest.raises(ValueError), lock.held(INTAKE):
+        raise ValueError("boom")
+    waiters = Waiters(lock)
+    waiters.add("next", NORMAL)
+    waiters.join()
+    assert waiters.order == ["next"]
+
+
+# -- on a real engine --------------------------------------------------------------------------
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'lock.db'}",
+                                          busy_timeout_ms=5000))
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_every_sqlite_engine_has_its_own_lock_and_postgresql_none(
+        sqlite_engine: Engine, database_url: str) -> None:
+    assert isinstance(writelock.for_engine(sqlite_engine), WriteLock)
+    other = make_engine(DatabaseSettings(url=database_url))
+    try:
+        if database_url.startswith("sqlite"):
+            assert isinstance(writelock.for_engine(other), WriteLock)
+            assert writelock.for_engine(other) is not writelock.for_engine(sqlite_engine)
+        else:
+            assert writelock.for_engine(other) is None, "PostgreSQL serialises writers itself"
+    finally:
+        other.dispose()
+
+
+def test_stored_mail_overtakes_queued_work_on_sqlite(sqlite_engine: Engine) -> None:
+    """store_raw (intake) queued behind a transaction in progress commits before a worker
+    transaction that queued earlier: the row ids record the commit order."""
+    factory = make_sessionmaker(sqlite_engine)
+    lock = writelock.for_engine(sqlite_engine)
+    assert lock is not None
+    clock = SystemClock()
+    release = threading.Event()
+    in_progress = threading.Event()
+
+    def long_transaction() -> None:
+        with transaction(factory):
+            in_progress.set()
+            release.wait(10)
+
+    def worker_write() -> None:
+        # A NORMAL writer storing a row too, so that its place in the order is visible.
+        with transaction(factory) as session:
+            session.add(_inbound_row(clock, "worker"))
+
+    first = threading.Thread(target=long_transaction, daemon=True)
+    first.start()
+    assert in_progress.wait(5)
+    worker = threading.Thread(target=worker_write, daemon=True)
+    worker.start()
+    until(lambda: _queued(lock) == 1, what="worker queued")
+    intake = threading.Thread(target=store_raw, daemon=True, args=(
+        factory, clock, wire(make_mail("eva@site1234.example.be", "Spoed")), "intake"))
+    intake.start()
+    until(lambda: _queued(lock) == 2, what="intake queued")
+    release.set()
+    for t in (first, worker, intake):
+        t.join(10)
+    with factory() as s:
+        channels = s.execute(select(Inbound.channel).order_by(Inbound.id)).scalars().all()
+    assert channels == ["intake", "worker"]
+
+
+def test_nested_transaction_on_sqlite_fails_at_once(sqlite_engine: Engine) -> None:
+    factory = make_sessionmaker(sqlite_engine)
+    started = time.monotonic()
+    with transaction(factory), pytest.raises(RuntimeError, match="nested"):
+        store_raw(factory, SystemClock(), b"Subject: x\r\n\r\nx\r\n", "test")
+    assert time.monotonic() - started < 1, "must not sit out SQLite's busy timeout"
+
+
+def _inbound_row(clock: SystemClock, channel: str) -> Inbound:
+    return Inbound(raw=b"x", size=1, digest="0" * 64, message_id="", dedup_key=channel.ljust(64),
+                   channel=channel, received_at=clock.now())
