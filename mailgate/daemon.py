@@ -10,8 +10,8 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
 from concurrent.futures import Future
+from typing import Any
 
 from mailgate import scheduler, systemd, worker
 from mailgate.app import App
