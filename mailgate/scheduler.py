@@ -1,7 +1,7 @@
 """APScheduler wiring: the periodic sweeps of the daemon.
 
 Sweeps only wake the daemon's loops; per-ticket due times live in indexed rows
-(DESIGN §1.5), so the scheduler keeps no state of its own and needs no job store.
+(docs/design.md §1.5), so the scheduler keeps no state of its own and needs no job store.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ class Inbound(Base):
     size: Mapped[int]
     digest: Mapped[str] = mapped_column(String(64))
     message_id: Mapped[str] = mapped_column(String(998), default="")
-    # sha256 over Message-ID and digest: the idempotency key of DESIGN §1.2.
+    # sha256 over Message-ID and digest: the idempotency key of docs/design.md §1.2.
     dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
     channel: Mapped[str] = mapped_column(String(40))
     envelope_from: Mapped[str] = mapped_column(String(998), default="")
@@ -173,7 +173,7 @@ class Inbound(Base):
     trail: Mapped[list[Any]] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(default=0)
     processed_at: Mapped[datetime | None]
-    # Sender authenticity ("pass", "fail", "none" or "" when not checked), DESIGN access rules.
+    # Sender authenticity ("pass", "fail", "none" or "" when not checked), README "who may use the desk".
     authenticity: Mapped[str] = mapped_column(String(200), default="")
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"))
     ticket: Mapped[Ticket | None] = relationship()

@@ -19,7 +19,7 @@ seconds.
 
 Exactly once: the mail leaves the folder only after its row is committed, so a crash can
 only leave a stored mail behind, never lose one; on the next pass the same bytes hit the
-store's dedup key (DESIGN §1.2), the existing row is looked at instead of making a new one,
+store's dedup key (docs/design.md §1.2), the existing row is looked at instead of making a new one,
 and the mail is moved on. No second ticket, no second acknowledgement.
 """
 

@@ -1,6 +1,6 @@
-"""Store first: the raw message is committed before any way in says "OK" (DESIGN §1.1).
+"""Store first: the raw message is committed before any way in says "OK" (docs/design.md §1.1).
 
-Also the idempotency rule of DESIGN §1.2: the same Message-ID with the same content,
+Also the idempotency rule of docs/design.md §1.2: the same Message-ID with the same content,
 ignoring the trace headers that differ per route, is stored once.
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from email.utils import getaddresses
 
 # Deliberately strict: an address that reaches an outgoing header must not carry anything
 # a header parser could read as structure (quotes, commas, CR/LF, angle brackets).
@@ -17,13 +16,3 @@ def is_valid_address(value: str) -> bool:
 def normalize(value: str) -> str:
     """Lower-case address for lookups (local parts are case-insensitive in practice)."""
     return value.strip().lower()
-
-
-def first_address(header_value: str | None) -> str:
-    """The first syntactically valid address in a header, normalised, or ''."""
-    if not header_value:
-        return ""
-    for _name, addr in getaddresses([header_value]):
-        if is_valid_address(addr):
-            return normalize(addr)
-    return ""

@@ -13,9 +13,6 @@ class State(StrEnum):
     CLOSED = "closed"      # final: a later mail opens a new, linked ticket
 
 
-OPEN_STATES = frozenset({State.NEW, State.OPEN, State.WAITING, State.RESOLVED})
-
-
 def after_requester_mail(state: State) -> State:
     """An editor's follow-up puts a waiting or resolved ticket back in the agents' court."""
     if state in (State.WAITING, State.RESOLVED):
