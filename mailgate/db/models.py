@@ -173,7 +173,7 @@ class Inbound(Base):
     trail: Mapped[list[Any]] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(default=0)
     processed_at: Mapped[datetime | None]
-    # Sender authenticity ("pass", "fail", "none" or "" when not checked), README "who may use the desk".
+    # Sender authenticity: "pass: …", "fail: …", or "" when not checked (README, access).
     authenticity: Mapped[str] = mapped_column(String(200), default="")
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"))
     ticket: Mapped[Ticket | None] = relationship()
