@@ -1,32 +1,22 @@
-"""The desk's rules end to end, through the real listener and sink, on both databases:
-machines are never answered, strangers learn nothing, agents work by mail."""
+"""The desk's rules, each as store → one real worker pass → rows and outbox, on both
+databases (tests/support/harness.py); the few that need the whole path (relay to an editor,
+two auto-responders answering each other) run through the real listener and sink."""
 
 from __future__ import annotations
 
 import threading
+from email.message import EmailMessage
 
 from sqlalchemy import select
 
 from mailgate.app import App
-from mailgate.db.engine import transaction
 from mailgate.db.models import AutoAnswer, BouncingAddress, Inbound, Outbox, Ticket
-from mailgate.tickets import registry
-from tests.conftest import DESK, EDITOR, RunningDaemon
+from tests.conftest import DESK, EDITOR, RunningDaemon, SettingsFactory
+from tests.support.harness import DeskHarness
 from tests.support.mails import make_mail, send
 from tests.support.sink import SmtpSink
 from tests.support.wait import until
-
-AGENT = "alex@desk.example"
-OTHER_EDITOR = "olivier@site5678.example.be"
-STRANGER = "someone@elsewhere.example"
-
-
-def _register_more(app: App) -> None:
-    with transaction(app.sessions) as s:
-        now = app.clock.now()
-        registry.add_agent(s, AGENT, now, "Alex Agent")
-        registry.add_site(s, "5678", "Other site", now)
-        registry.add_editor(s, "5678", OTHER_EDITOR, now, name="Olivier")
+from tests.tickets.conftest import AGENT, OTHER_EDITOR, STRANGER, register_more
 
 
 def _settled(app: App, count: int) -> list[Inbound]:
@@ -37,43 +27,31 @@ def _settled(app: App, count: int) -> list[Inbound]:
     return until(check, what=f"{count} processed inbound mails")
 
 
-def _ticket(app: App, ref: str) -> Ticket:
-    with app.sessions() as s:
-        t = s.execute(select(Ticket).where(Ticket.ref == ref)).scalar_one()
-        _ = list(t.messages)
-        return t
+def _first_ticket(desk: DeskHarness, subject: str = "Menu weg") -> EmailMessage:
+    row = desk.receive(make_mail(EDITOR, subject))
+    assert row.status == "ticket", row.reason
+    return desk.outbox()[-1]
 
 
-def _first_ticket(daemon: RunningDaemon, sink: SmtpSink, subject: str = "Menu weg") -> str:
-    send(daemon.port, make_mail(EDITOR, subject))
-    [ack] = sink.wait_for(1)
-    return ack["Message-ID"]
-
-
-def test_out_of_office_is_recorded_but_changes_nothing(
-        daemon: RunningDaemon, sink: SmtpSink) -> None:
-    ack_id = _first_ticket(daemon, sink)
-    with transaction(daemon.app.sessions) as s:
-        t = s.execute(select(Ticket).where(Ticket.ref == "SD-1")).scalar_one()
-        t.state = "waiting"  # we asked the editor for information
-    before = _ticket(daemon.app, "SD-1")
+def test_out_of_office_is_recorded_but_changes_nothing(desk: DeskHarness) -> None:
+    ack_id = _first_ticket(desk)["Message-ID"]
+    desk.set_state("SD-1", "waiting")  # we asked the editor for information
+    before = desk.ticket("SD-1")
     ooo = make_mail(EDITOR, "Automatisch antwoord: [SD-1] Menu weg",
                     "Ik ben afwezig tot maandag.",
                     headers={"Auto-Submitted": "auto-replied", "In-Reply-To": ack_id,
                              "References": ack_id})
-    send(daemon.port, ooo)
-    rows = _settled(daemon.app, 2)
-    after = _ticket(daemon.app, "SD-1")
-    assert rows[1].kind == "auto-reply" and rows[1].ticket_id == after.id
+    row = desk.receive(ooo)
+    after = desk.ticket("SD-1")
+    assert row.kind == "auto-reply" and row.ticket_id == after.id
     assert [m.kind for m in after.messages][-1] == "auto-reply"
     assert after.state == "waiting", "an out-of-office must not reopen a waiting ticket"
     assert after.updated_at == before.updated_at and after.close_at == before.close_at
-    assert len(sink.messages) == 1, "never answered"
+    assert len(desk.outbox()) == 1, "never answered"
 
 
-def test_bounce_of_our_ack_marks_outbox_failed_and_flags_address(
-        daemon: RunningDaemon, sink: SmtpSink) -> None:
-    ack_id = _first_ticket(daemon, sink)
+def test_bounce_of_our_ack_marks_outbox_failed_and_flags_address(desk: DeskHarness) -> None:
+    ack_id = _first_ticket(desk)["Message-ID"]
     dsn = (
         "From: MAILER-DAEMON@mx.site1234.example.be\r\n"
         f"To: {DESK}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
@@ -87,75 +65,63 @@ def test_bounce_of_our_ack_marks_outbox_failed_and_flags_address(
         "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
         f"From: Test Desk <{DESK}>\r\nTo: {EDITOR}\r\nSubject: [SD-1] Menu weg\r\n"
         f"Message-ID: {ack_id}\r\n\r\n--B--\r\n").encode()
-    send(daemon.port, dsn, mail_from="")
-    rows = _settled(daemon.app, 2)
-    assert rows[1].kind == "bounce"
-    with daemon.app.sessions() as s:
+    row = desk.receive(dsn, envelope_from="")
+    assert row.kind == "bounce"
+    with desk.app.sessions() as s:
         ack = s.execute(select(Outbox).where(Outbox.message_id == ack_id)).scalar_one()
         assert ack.status == "failed" and ack.dsn_status == "5.1.1"
         flag = s.get(BouncingAddress, EDITOR)
         assert flag is not None and flag.last_status == "5.1.1"
-    assert _ticket(daemon.app, "SD-1").state == "new"
-    assert len(sink.messages) == 1 and len(_settled(daemon.app, 2)) == 2
+    assert desk.ticket("SD-1").state == "new"
+    assert len(desk.outbox()) == 1
 
 
-def test_list_mail_makes_no_ticket(daemon: RunningDaemon, sink: SmtpSink) -> None:
-    send(daemon.port, make_mail(EDITOR, "Nieuwsbrief november",
-                                headers={"List-Id": "<news.example.be>",
-                                         "Precedence": "bulk"}))
-    [row] = _settled(daemon.app, 1)
+def test_list_mail_makes_no_ticket(desk: DeskHarness) -> None:
+    row = desk.receive(make_mail(EDITOR, "Nieuwsbrief november",
+                                 headers={"List-Id": "<news.example.be>",
+                                          "Precedence": "bulk"}))
     assert (row.status, row.kind) == ("ignored", "bulk")
-    assert sink.messages == []
+    assert desk.outbox() == []
 
 
-def test_stranger_gets_a_polite_rate_limited_refusal(
-        daemon: RunningDaemon, sink: SmtpSink) -> None:
-    limit = daemon.app.settings.access.auto_replies_per_hour
-    for i in range(limit + 2):
-        send(daemon.port, make_mail(STRANGER, f"Vraag {i}"))
-    rows = _settled(daemon.app, limit + 2)
+def test_stranger_gets_a_polite_rate_limited_refusal(desk: DeskHarness) -> None:
+    limit = desk.app.settings.access.auto_replies_per_hour
+    rows = [desk.receive(make_mail(STRANGER, f"Vraag {i}")) for i in range(limit + 2)]
     assert {r.status for r in rows} == {"refused"}
-    refusals = sink.wait_for(limit)
+    refusals = desk.outbox()
+    assert len(refusals) == limit
     assert all("niet als melding geregistreerd" in m.get_content() for m in refusals)
     assert refusals[0]["Auto-Submitted"] == "auto-replied"
-    with daemon.app.sessions() as s:
+    with desk.app.sessions() as s:
         assert s.execute(select(Ticket)).first() is None
         suppressed = s.execute(select(AutoAnswer).where(AutoAnswer.suppressed)).scalars()
         assert len(list(suppressed)) == 2
     assert "suppressed" in rows[-1].reason
 
 
-def test_stranger_with_a_valid_tag_cannot_write_or_read(
-        daemon: RunningDaemon, sink: SmtpSink) -> None:
-    _first_ticket(daemon, sink, "Vertrouwelijk probleem")
-    send(daemon.port, make_mail(STRANGER, "Re: [SD-1] Vertrouwelijk probleem", "Hallo?"))
-    rows = _settled(daemon.app, 2)
-    assert rows[1].status == "refused" and rows[1].ticket_id is None
-    assert len(_ticket(daemon.app, "SD-1").messages) == 2  # request + ack only
-    refusal = sink.wait_for(2)[1]
+def test_stranger_with_a_valid_tag_cannot_write_or_read(desk: DeskHarness) -> None:
+    _first_ticket(desk, "Vertrouwelijk probleem")
+    row = desk.receive(make_mail(STRANGER, "Re: [SD-1] Vertrouwelijk probleem", "Hallo?"))
+    assert row.status == "refused" and row.ticket_id is None
+    assert len(desk.ticket("SD-1").messages) == 2  # request + ack only
+    refusal = desk.outbox()[1]
     assert "SD-1" not in refusal.get_content() and "SD-1" not in refusal["Subject"]
 
 
-def test_forward_by_editor_of_another_site_does_not_hijack(
-        app: App, sink: SmtpSink) -> None:
-    _register_more(app)
-    d = RunningDaemon(app).start()
-    try:
-        _first_ticket(d, sink)
-        send(d.port, make_mail(OTHER_EDITOR, "Fwd: [SD-1] Menu weg", "Bij ons ook!"))
-        rows = _settled(app, 2)
-        assert rows[1].reason.endswith("may not write to it)")
-        assert _ticket(app, "SD-2").requester == OTHER_EDITOR
-        assert len(_ticket(app, "SD-1").messages) == 2
-    finally:
-        d.stop()
+def test_forward_by_editor_of_another_site_does_not_hijack(desk: DeskHarness) -> None:
+    _first_ticket(desk)
+    row = desk.receive(make_mail(OTHER_EDITOR, "Fwd: [SD-1] Menu weg", "Bij ons ook!"))
+    assert row.reason.endswith("may not write to it)")
+    assert desk.ticket("SD-2").requester == OTHER_EDITOR
+    assert len(desk.ticket("SD-1").messages) == 2
 
 
 def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) -> None:
-    _register_more(app)
+    register_more(app)
     d = RunningDaemon(app).start()
     try:
-        ack_id = _first_ticket(d, sink)
+        send(d.port, make_mail(EDITOR, "Menu weg"))
+        ack_id = sink.wait_for(1)[0]["Message-ID"]
         send(d.port, make_mail(AGENT, "Re: [SD-1] Menu weg",
                                "Het menu staat terug online.\n\nAlex",
                                headers={"In-Reply-To": ack_id}))
@@ -164,14 +130,15 @@ def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) 
         assert reply["To"] == EDITOR and reply["Subject"] == "[SD-1] Menu weg"
         assert "Het menu staat terug online." in reply.get_content()
         assert reply["Auto-Submitted"] is None  # a person wrote it
-        t = _ticket(app, "SD-1")
+        _settled(app, 2)
+        t = DeskHarness(app).ticket("SD-1")
         assert t.state == "open" and t.first_response_at is not None
         assert [m.kind for m in t.messages] == ["request", "ack", "agent-reply", "reply"]
         # An internal note and a status change: nothing reaches the editor.
         send(d.port, make_mail(AGENT, "Re: [SD-1] Menu weg",
                                "#note\n#status resolved\nCache geleegd, oorzaak: deploy."))
         _settled(app, 3)
-        t = _ticket(app, "SD-1")
+        t = DeskHarness(app).ticket("SD-1")
         assert t.state == "resolved" and t.messages[-1].kind == "note"
         assert t.messages[-1].body_text == "Cache geleegd, oorzaak: deploy."
         assert len(sink.messages) == 2
@@ -216,7 +183,7 @@ def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
 
 
 def test_require_authentication_answers_only_verified_senders(
-        make_settings, sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
+        make_settings: SettingsFactory) -> None:
     from mailgate.db.migrate import upgrade
     from tests.conftest import register_demo
 
@@ -224,51 +191,43 @@ def test_require_authentication_answers_only_verified_senders(
                                     "authserv_id": "mx.desk.example"}))
     upgrade(app.engine)
     register_demo(app)
-    d = RunningDaemon(app).start()
+    desk = DeskHarness(app)
     try:
         passed = "dkim=pass header.d=site1234.example.be"
-        forged = make_mail(EDITOR, "Vervalst", headers={
-            "Authentication-Results": f"mx.attacker.example; {passed}"})
-        send(d.port, forged)
-        good = make_mail(EDITOR, "Echt", headers={
-            "Authentication-Results": f"mx.desk.example; {passed}"})
-        send(d.port, good)
-        rows = _settled(app, 2)
-        assert (rows[0].status, rows[0].kind) == ("ignored", "unverified")
-        assert rows[0].authenticity.startswith("fail:")
-        assert rows[1].status == "ticket", rows[1].reason
-        assert rows[1].authenticity.startswith("pass:")
-        [ack] = sink.wait_for(1)
+        forged = desk.receive(make_mail(EDITOR, "Vervalst", headers={
+            "Authentication-Results": f"mx.attacker.example; {passed}"}))
+        good = desk.receive(make_mail(EDITOR, "Echt", headers={
+            "Authentication-Results": f"mx.desk.example; {passed}"}))
+        assert (forged.status, forged.kind) == ("ignored", "unverified")
+        assert forged.authenticity.startswith("fail:")
+        assert good.status == "ticket", good.reason
+        assert good.authenticity.startswith("pass:")
+        [ack] = desk.outbox()
         assert ack["Subject"] == "[SD-1] Echt"
     finally:
-        d.stop()
         app.close()
 
 
-def test_our_own_mail_coming_back_is_never_answered(
-        daemon: RunningDaemon, sink: SmtpSink) -> None:
-    ack_id = _first_ticket(daemon, sink)
-    send(daemon.port, make_mail(DESK, "Echo van onszelf"))
-    send(daemon.port, make_mail(EDITOR, "Doorgestuurd door een lijst",
-                                headers={"X-Loop": DESK}))
-    send(daemon.port, make_mail(EDITOR, "Onze eigen mail, teruggekaatst",
-                                message_id=ack_id))
-    rows = _settled(daemon.app, 4)
-    assert [(r.status, r.kind) for r in rows[1:]] == [("ignored", "loop")] * 3
-    assert len(sink.messages) == 1
+def test_our_own_mail_coming_back_is_never_answered(desk: DeskHarness) -> None:
+    ack_id = _first_ticket(desk)["Message-ID"]
+    rows = [desk.receive(make_mail(DESK, "Echo van onszelf")),
+            desk.receive(make_mail(EDITOR, "Doorgestuurd door een lijst",
+                                   headers={"X-Loop": DESK})),
+            desk.receive(make_mail(EDITOR, "Onze eigen mail, teruggekaatst",
+                                   message_id=ack_id))]
+    assert [(r.status, r.kind) for r in rows] == [("ignored", "loop")] * 3
+    assert len(desk.outbox()) == 1
 
 
-def test_mail_after_close_opens_a_new_linked_ticket(
-        daemon: RunningDaemon, sink: SmtpSink) -> None:
-    ack_id = _first_ticket(daemon, sink)
-    with transaction(daemon.app.sessions) as s:
-        s.execute(select(Ticket).where(Ticket.ref == "SD-1")).scalar_one().state = "closed"
-    send(daemon.port, make_mail(EDITOR, "Re: [SD-1] Menu weg", "Het is terug stuk.",
-                                headers={"In-Reply-To": ack_id}))
-    second = sink.wait_for(2)[1]
+def test_mail_after_close_opens_a_new_linked_ticket(desk: DeskHarness) -> None:
+    ack_id = _first_ticket(desk)["Message-ID"]
+    desk.set_state("SD-1", "closed")
+    desk.receive(make_mail(EDITOR, "Re: [SD-1] Menu weg", "Het is terug stuk.",
+                           headers={"In-Reply-To": ack_id}))
+    second = desk.outbox()[1]
     assert second["Subject"] == "[SD-2] Menu weg"
     assert "SD-1" in second.get_content()  # the editor is told it is linked to the old one
-    new = _ticket(daemon.app, "SD-2")
-    with daemon.app.sessions() as s:
+    new = desk.ticket("SD-2")
+    with desk.app.sessions() as s:
         assert s.get(Ticket, new.linked_to_id).ref == "SD-1"  # type: ignore[union-attr]
-    assert _ticket(daemon.app, "SD-1").state == "closed"
+    assert desk.ticket("SD-1").state == "closed"
