@@ -1,5 +1,6 @@
 """Fixtures that start real parts: SQLite and PostgreSQL databases, an SMTP sink playing the
-relay, and the daemon itself (in a thread, or as a subprocess where a test kills it)."""
+relay, a private Dovecot, and the daemon itself (in a thread, or as a subprocess where a test
+kills it)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from mailgate.daemon import Daemon
 from mailgate.db.engine import transaction
 from mailgate.db.migrate import upgrade
 from mailgate.tickets import registry
+from tests.support.dovecot import DEFAULT_PASSWORD, DEFAULT_USER, DovecotServer, require_dovecot
 from tests.support.pgschema import private_schema
 from tests.support.sink import SmtpSink
 
@@ -53,6 +55,20 @@ def sink() -> Iterator[SmtpSink]:
     s = SmtpSink().start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def dovecot_server(tmp_path: Path) -> Iterator[DovecotServer]:
+    """A started private Dovecot with user ``desk``/``secret``; stopped afterwards. Skips
+    where Dovecot cannot run (fails instead under CI)."""
+    require_dovecot()
+    server = DovecotServer(tmp_path / "dovecot")
+    server.add_user(DEFAULT_USER, DEFAULT_PASSWORD)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 SettingsFactory = Callable[..., config.Settings]

@@ -2,10 +2,6 @@
 thread, or as a subprocess where a test kills it) fetches from it, acknowledgements reach a
 real SMTP sink; storage on SQLite and on PostgreSQL."""
 
-# Fixtures imported from tests.support are requested by parameter name, which pyflakes
-# reads as redefining the unused import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -45,10 +41,7 @@ from mailgate.worker import process_one
 from tests.conftest import EDITOR, RunningDaemon, SettingsFactory
 from tests.support.dovecot import DEFAULT_PASSWORD as PASSWORD
 from tests.support.dovecot import DEFAULT_USER as USER
-from tests.support.dovecot import (
-    DovecotServer,
-    dovecot_server,  # noqa: F401  (pytest finds the fixture by module attribute)
-)
+from tests.support.dovecot import DovecotServer
 from tests.support.mails import make_mail, send, wire
 from tests.support.proxy import TcpProxy
 from tests.support.sink import SmtpSink

@@ -16,14 +16,8 @@ Layout under ``base_dir``::
 Dovecot's runtime ``base_dir`` (unix sockets, master.pid) lives in a short
 ``tempfile.mkdtemp(prefix="dc")`` directory instead, removed on stop.
 
-Usage from a conftest or test module (``tests.support`` is importable when the
-repo root is on sys.path, as with ``python -m pytest``; a module under tests/
-can also use a relative import)::
-
-    from tests.support.dovecot import dovecot_server  # noqa: F401
-
-A test module that imports the fixture and requests it as a parameter also
-needs ``# noqa: F811`` (pyflakes sees the parameter as shadowing the import).
+The ``dovecot_server`` fixture (tests/conftest.py) gives each test a started server with
+user ``desk``/``secret``; a test just names it::
 
     def test_something(dovecot_server):
         dovecot_server.append("desk", "secret", "INBOX", b"Subject: hi\\r\\n\\r\\nbody\\r\\n")
@@ -57,7 +51,6 @@ __all__ = [
     "DEFAULT_USER",
     "DovecotError",
     "DovecotServer",
-    "dovecot_server",
     "dovecot_version",
     "find_dovecot",
     "require_dovecot",
@@ -561,15 +554,3 @@ def require_dovecot() -> str:
         _unavailable("the private Dovecot test server needs root")
     return binary
 
-
-@pytest.fixture
-def dovecot_server(tmp_path: Path) -> Iterator[DovecotServer]:
-    """A started private Dovecot with user ``desk``/``secret``; stopped afterwards."""
-    require_dovecot()
-    server = DovecotServer(tmp_path / "dovecot")
-    server.add_user(DEFAULT_USER, DEFAULT_PASSWORD)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -1,8 +1,5 @@
-"""Proves tests/support/dovecot.py against a real Dovecot server."""
-
-# Fixtures imported from tests.support are requested by parameter name, which
-# pyflakes reads as redefining the unused import.
-# ruff: noqa: F811
+"""Proves tests/support/dovecot.py against a real Dovecot server (the ``dovecot_server``
+fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +17,6 @@ from .dovecot import (
     DEFAULT_USER,
     DovecotError,
     DovecotServer,
-    dovecot_server,  # noqa: F401  (pytest finds the fixture by module attribute)
     require_dovecot,
 )
 
