@@ -1,6 +1,7 @@
 """Corpus tests: skipped with the reason when ``../shared/corpus`` is absent; their per-source
-tables are printed at the end of the run (``terminal_summary``) and written to
-``var/corpus-report.md`` so that the figures can be copied into the README."""
+tables (recorded with ``corpus.report``) are printed at the end of the run
+(``terminal_summary``) and written to ``var/corpus-report.md`` so that the figures can be
+copied into the README."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus.corpus import CORPUS
+from tests.corpus.corpus import CORPUS, REPORT
 
 # mail-parser logs a warning for every part type it leaves alone; a corpus run is 1,500 mails.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
 
-REPORT: dict[str, str] = {}   # section title → markdown table, filled by the tests
 REPORT_FILE = Path(__file__).resolve().parents[2] / "var" / "corpus-report.md"
 
 
@@ -23,12 +23,6 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"the shared mail corpus is not here ({CORPUS}); CI has it beside the repo")
     return CORPUS
-
-
-def report(title: str, table: str) -> None:
-    """Record one section of the corpus report (also printed by the test itself)."""
-    REPORT[title] = table
-    print(f"\n## {title}\n{table}")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

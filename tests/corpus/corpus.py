@@ -15,6 +15,15 @@ from mailgate.mail.parse import ParsedMail, UnparseableMail, parse
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 
+REPORT: dict[str, str] = {}   # section title → markdown table, filled by the tests
+
+
+def report(title: str, table: str) -> None:
+    """Record one section of the corpus report (also printed by the test itself); conftest.py
+    prints and writes the whole report at the end of the run."""
+    REPORT[title] = table
+    print(f"\n## {title}\n{table}")
+
 # Bodies without headers: they go through quotes.split_reply, not parse().
 BODY_SOURCES = ("email_reply_parser", "mail-parser-reply")
 _NOT_MAIL_SUFFIXES = {".md", ".png", ".jpg", ".doc", ".dat", ".html"}

@@ -8,8 +8,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from tests.corpus.conftest import report
-from tests.corpus.corpus import expectation, mail_files, outcome, source_of
+from tests.corpus.corpus import expectation, mail_files, outcome, report, source_of
 
 # Lowest acceptable share of expected machine mails recognised as automatic, per source.
 MIN_DETECTED = {

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.mail.addresses import is_valid_address
-from tests.corpus.conftest import report
-from tests.corpus.corpus import CORPUS, mail_files, outcome, source_of
+from tests.corpus.corpus import CORPUS, mail_files, outcome, report, source_of
 
 # Refusals we accept, per source, each looked at: MIME-part fixtures without any header
 # (enmime parts/, RT's lorem-ipsum, mbox size fixtures), mails with no From at all, a From

@@ -13,8 +13,7 @@ import pytest
 
 from mailgate.mail.htmltext import html_to_text
 from mailgate.mail.quotes import split_reply
-from tests.corpus.conftest import report
-from tests.corpus.corpus import body_files, source_of
+from tests.corpus.corpus import body_files, report, source_of
 
 ERP = "email_reply_parser/test/emails"
 MPR = "mail-parser-reply/test/emails"
