@@ -43,6 +43,8 @@ class DeskSettings:
     secret: str = ""
     # Further addresses the SMTP listener accepts (aliases of the desk).
     aliases: tuple[str, ...] = ()
+    # Agents' internal notes: mail here is stored on the ticket and never reaches the editor.
+    comment_address: str = ""
 
     @property
     def domain(self) -> str:
@@ -50,7 +52,7 @@ class DeskSettings:
 
     @property
     def own_addresses(self) -> frozenset[str]:
-        addrs = {self.address, self.complaints_address, *self.aliases}
+        addrs = {self.address, self.complaints_address, self.comment_address, *self.aliases}
         return frozenset(a.lower() for a in addrs if a)
 
 
@@ -133,6 +135,12 @@ class AccessSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    # Who is told of new tickets and editors' mails; empty: every registered agent.
+    notify: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AttachmentSettings:
     # "database" lets several instances share the blobs; "directory" keeps the DB small.
     store: str = "database"
@@ -158,6 +166,7 @@ class Settings:
     sla: SlaSettings = field(default_factory=SlaSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    agents: AgentSettings = field(default_factory=AgentSettings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     state_dir: str = "var"
@@ -178,6 +187,7 @@ _SECTIONS: dict[str, type] = {
     "sla": SlaSettings,
     "lifecycle": LifecycleSettings,
     "access": AccessSettings,
+    "agents": AgentSettings,
     "attachments": AttachmentSettings,
     "worker": WorkerSettings,
 }
@@ -250,6 +260,13 @@ def _validate(s: Settings) -> None:
     if d.service_manager:
         _check(is_valid_address(d.service_manager), "desk.service_manager",
                "must be an e-mail address")
+    if d.comment_address:
+        _check(is_valid_address(d.comment_address), "desk.comment_address",
+               "must be an e-mail address")
+        _check(d.comment_address.lower() != d.address.lower(), "desk.comment_address",
+               "must differ from desk.address (notes would reach editors)")
+    for i, addr in enumerate(s.agents.notify):
+        _check(is_valid_address(addr), f"agents.notify[{i}]", "must be an e-mail address")
     for i, alias in enumerate(d.aliases):
         _check(is_valid_address(alias), f"desk.aliases[{i}]", "must be an e-mail address")
     _check(bool(re.fullmatch(r"[A-Z][A-Z0-9]{0,9}", d.ticket_prefix)), "desk.ticket_prefix",

@@ -25,7 +25,6 @@ from mailgate.db.status import InboundStatus
 from mailgate.mail.parse import UnparseableMail, parse
 from mailgate.tickets import facts
 from mailgate.tickets.apply import Context, apply
-from mailgate.tickets.commands import CommandError
 from mailgate.tickets.policy import classify
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,8 @@ def process_one(app: App, inbound_id: int) -> InboundStatus | None:
             if row is None:
                 return None
             mail = parse(row.raw)
-            found = facts.gather(session, desk, mail, row.raw)
+            found = facts.gather(session, desk, mail, row.raw,
+                                 tuple(a for a in row.envelope_to.split(",") if a))
             decision, trail = classify(found)
             now = app.clock.now()
             outcome = apply(Context(session, desk, row, mail, found, decision, now))
@@ -78,7 +78,6 @@ def process_one(app: App, inbound_id: int) -> InboundStatus | None:
         if is_unavailable(exc):
             raise
         reason = (f"unparseable: {exc}" if isinstance(exc, UnparseableMail)
-                  else f"agent command: {exc}" if isinstance(exc, CommandError)
                   else f"{type(exc).__name__}: {exc}")
         log.warning("inbound %s quarantined: %s", inbound_id, reason)
         detail = "".join(traceback.format_exception_only(exc)).strip()

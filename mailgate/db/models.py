@@ -124,6 +124,7 @@ class Ticket(Base):
         Index("ix_ticket_first_response_due", "first_response_due"),
         Index("ix_ticket_remind_at", "remind_at"),
         Index("ix_ticket_close_at", "close_at"),
+        Index("ix_ticket_assignee", "assignee"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -144,6 +145,8 @@ class Ticket(Base):
     remind_at: Mapped[datetime | None]
     close_at: Mapped[datetime | None]
     linked_to_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"))
+    # The agent who has the ticket (an agent's e-mail), set by #assign or the CLI.
+    assignee: Mapped[str | None] = mapped_column(String(254))
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id")

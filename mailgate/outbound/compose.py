@@ -22,6 +22,13 @@ def safe_header_text(value: str, limit: int = 200) -> str:
 
 
 @dataclass(frozen=True)
+class OutAttachment:
+    filename: str        # already made safe for display (mail/attachments.display_name)
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Outgoing:
     from_name: str
     from_addr: str
@@ -35,16 +42,27 @@ class Outgoing:
     language: str = ""
     loop_marker: str = ""
     date: datetime | None = None
+    cc: tuple[str, ...] = ()
+    reply_to: str = ""
+    attachments: tuple[OutAttachment, ...] = ()
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return (*self.to, *self.cc)
 
 
 def build(out: Outgoing) -> bytes:
-    for addr in (out.from_addr, *out.to):
+    for addr in (out.from_addr, *out.to, *out.cc, *([out.reply_to] if out.reply_to else [])):
         if not is_valid_address(addr):
             raise ValueError(f"refusing to put {addr!r} in an outgoing header")
     msg = EmailMessage(policy=SMTP)
     msg["From"] = Address(display_name=safe_header_text(out.from_name, 100),
                           addr_spec=out.from_addr)
     msg["To"] = ", ".join(out.to)
+    if out.cc:
+        msg["Cc"] = ", ".join(out.cc)
+    if out.reply_to:
+        msg["Reply-To"] = out.reply_to
     msg["Subject"] = safe_header_text(out.subject, 250)
     msg["Message-ID"] = out.message_id
     if out.date is not None:
@@ -63,4 +81,12 @@ def build(out: Outgoing) -> bytes:
     if out.language:
         msg["Content-Language"] = out.language
     msg.set_content(out.body, charset="utf-8")
+    for att in out.attachments:
+        maintype, _, subtype = att.content_type.partition("/")
+        # A forwarded mail goes as bytes: message/* parts may not be base64-encoded.
+        if (maintype == "message" or not re.fullmatch(r"[\w.+-]+", maintype)
+                or not re.fullmatch(r"[\w.+-]+", subtype)):
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(att.data, maintype=maintype, subtype=subtype,
+                           filename=safe_header_text(att.filename, 200) or "attachment")
     return msg.as_bytes()

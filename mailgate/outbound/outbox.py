@@ -14,7 +14,7 @@ def enqueue(session: Session, out: Outgoing, kind: str, *, ticket_id: int | None
     assert out.date is not None, "outgoing mail is dated by the clock that enqueues it"
     row = Outbox(
         ticket_id=ticket_id, inbound_id=inbound_id, kind=kind, sender=out.from_addr,
-        recipients=",".join(out.to), message_id=out.message_id, subject=out.subject,
+        recipients=",".join(out.recipients), message_id=out.message_id, subject=out.subject,
         raw=build(out), status=OutboxStatus.PENDING, attempts=0, next_attempt_at=out.date,
         lease_until=None, last_error="", created_at=out.date, sent_at=None)
     session.add(row)

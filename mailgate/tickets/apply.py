@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 from mailgate.db.models import Inbound, Ticket
 from mailgate.db.status import InboundStatus
 from mailgate.mail.parse import ParsedMail
-from mailgate.tickets import bounces, service
+from mailgate.tickets import access, agentwork, bounces, notify, service
+from mailgate.tickets.agentwork import Actor
+from mailgate.tickets.commands import AgentCommand, BadLine
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.policy import Action, Decision, Facts
 from mailgate.tickets.text import display_text
@@ -51,16 +53,50 @@ class Outcome:
 Handler = Callable[[Context], Outcome]
 
 
+def _refuse(c: Context, errors: list[BadLine] | tuple[BadLine, ...]) -> Outcome:
+    ticket = c.ticket() if c.decision.ticket is not None else None
+    notify.refuse_commands(c.session, c.desk, ticket, c.mail.from_addr, list(errors),
+                           c.mail.subject, c.now, c.inbound)
+    first = errors[0]
+    return Outcome(InboundStatus.REFUSED, ticket.id if ticket else None,
+                   reason=f"agent command refused: {first.line}: {first.reason}")
+
+
 def create(c: Context) -> Outcome:
     linked_to = c.ticket() if c.decision.ticket is not None else None
-    ticket = service.create_ticket(c.session, c.desk, c.mail, c.inbound, c.facts.sender,
-                                   c.now, linked_to=linked_to)
+    sender, body = c.facts.sender, None
+    cmd = c.facts.command
+    if sender.agent is not None:
+        # An agent's forward: the whole forwarded text is the request, and #requester
+        # names the editor it belongs to (who then gets the acknowledgement).
+        actor = Actor(sender.agent.email, sender.agent.name)
+        if cmd is not None:
+            errors = agentwork.check(c.session, c.desk, None, cmd, actor)
+            if errors:
+                return _refuse(c, errors)
+            requester = cmd.get("requester")
+            if requester:
+                sender = access.identify(c.session, requester)
+        body = cmd.text if cmd is not None else c.mail.text
+    ticket = service.create_ticket(c.session, c.desk, c.mail, c.inbound, sender,
+                                   c.now, linked_to=linked_to, body=body)
+    if cmd is not None and c.facts.sender.agent is not None:
+        rest = AgentCommand(tuple(x for x in cmd.commands if x.word not in ("requester", "note")),
+                            (), cmd.text)
+        agentwork.apply(c.session, c.desk, ticket, rest,
+                        Actor(c.facts.sender.agent.email, c.facts.sender.agent.name), c.now,
+                        c.inbound)
+    notify.notify(c.session, c.desk, ticket, "new", c.now, inbound=c.inbound, mail=c.mail,
+                  text=body if body is not None else display_text(c.mail),
+                  exclude={c.mail.from_addr.lower()})
     return Outcome(InboundStatus.TICKET, ticket.id)
 
 
 def append(c: Context) -> Outcome:
     ticket = c.ticket()
     service.append_follow_up(c.session, c.desk, ticket, c.mail, c.inbound, c.now)
+    notify.notify(c.session, c.desk, ticket, "follow-up", c.now, inbound=c.inbound,
+                  mail=c.mail, text=display_text(c.mail), exclude={c.mail.from_addr.lower()})
     return Outcome(InboundStatus.TICKET, ticket.id)
 
 
@@ -72,18 +108,38 @@ def record(c: Context) -> Outcome:
 
 
 def agent(c: Context) -> Outcome:
+    """An agent's answer (relayed to the editor), note (agents only) and commands."""
     ticket = c.ticket()
     who = c.facts.sender.agent
     assert who is not None
-    command = c.facts.command
-    text = command.text if command else display_text(c.mail)
-    if (command is not None and command.note) or not text.strip():
+    actor = Actor(who.email, who.name)
+    cmd = c.facts.command
+    if cmd is not None:
+        errors = agentwork.check(c.session, c.desk, ticket, cmd, actor)
+        if errors:
+            return _refuse(c, errors)
+    agents = notify.agent_addresses(c.session)
+    s = c.desk.settings.desk
+    text = agentwork.editor_text(cmd.text if cmd else display_text(c.mail), agents, s.address)
+    # Whoever the agent wrote to directly already has the mail: no second copy.
+    direct = {a.lower() for a in (*c.mail.to, *c.mail.cc)}
+    if c.facts.to_comment or (cmd is not None and cmd.note) or not text:
         service.agent_note(c.session, c.desk, ticket, c.mail, c.inbound, text, c.now)
-    else:
-        service.agent_reply(c.session, c.desk, ticket, c.mail, c.inbound, who, text, c.now)
-    if command is not None and command.state is not None:
-        service.agent_status(c.session, ticket, command.state, c.inbound, c.now, who)
+    if text and (c.facts.to_comment or (cmd is not None and cmd.note)):
+        notify.copy_to_agents(c.session, c.desk, ticket, "note", text, who.name, who.email,
+                              c.now, inbound=c.inbound, mail=c.mail, exclude=direct)
+    elif text:
+        service.agent_reply(c.session, c.desk, ticket, c.mail, c.inbound, who, text, c.now,
+                            exclude=agents | set(s.own_addresses))
+        notify.copy_to_agents(c.session, c.desk, ticket, "answer", text, who.name, who.email,
+                              c.now, inbound=c.inbound, mail=c.mail, exclude=direct)
+    if cmd is not None:
+        agentwork.apply(c.session, c.desk, ticket, cmd, actor, c.now, c.inbound)
     return Outcome(InboundStatus.TICKET, ticket.id)
+
+
+def refuse_command(c: Context) -> Outcome:
+    return _refuse(c, c.decision.errors)
 
 
 def bounce(c: Context) -> Outcome:
@@ -97,6 +153,13 @@ def bounce(c: Context) -> Outcome:
     if bounced is None:
         return Outcome(InboundStatus.IGNORED)
     service.record_automatic(c.session, c.desk, bounced, c.mail, c.inbound, "bounce", c.now)
+    # The editor never got an agent's answer: the agents must know. (A bounce of a mail
+    # to the agents themselves is only recorded: telling them by mail could loop.)
+    for row in failed:
+        if row.kind == "reply":
+            notify.notify(c.session, c.desk, bounced, "bounce", c.now, inbound=c.inbound,
+                          bounce=notify.BounceSeen(row.recipients, a.dsn_status))
+            break
     return Outcome(InboundStatus.TICKET, bounced.id)
 
 
@@ -119,6 +182,7 @@ HANDLERS: dict[Action, Handler] = {
     Action.BOUNCE: bounce,
     Action.IGNORE: ignore,
     Action.REFUSE: refuse,
+    Action.REFUSE_COMMAND: refuse_command,
 }
 
 

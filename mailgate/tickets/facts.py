@@ -35,7 +35,8 @@ def info(ticket: Ticket) -> TicketInfo:
                       requester=ticket.requester, site_id=ticket.site_id)
 
 
-def gather(session: Session, desk: Desk, mail: ParsedMail, raw: bytes) -> Facts:
+def gather(session: Session, desk: Desk, mail: ParsedMail, raw: bytes,
+           envelope_to: tuple[str, ...] = ()) -> Facts:
     s = desk.settings
     sender = access.identify(session, mail.from_addr)
     ticket, found_by = find_ticket(session, desk, mail)
@@ -47,11 +48,15 @@ def gather(session: Session, desk: Desk, mail: ParsedMail, raw: bytes) -> Facts:
     if s.access.require_authentication:
         verdict = authenticity.verify(raw, mail.from_addr, s.access.authserv_id)
     command = None
-    if sender.agent is not None and ticket is not None:
-        command = parse_command(display_text(mail))
+    if sender.agent is not None:
+        command = parse_command(display_text(mail) if ticket is not None else mail.text)
+    comment = s.desk.comment_address.lower()
+    to_comment = bool(comment) and comment in {a.lower() for a in (*mail.to, *mail.cc,
+                                                                   *envelope_to)}
     return Facts(
         mail=mail, sender=sender, from_us=from_us,
         ticket=info(ticket) if ticket is not None else None, found_by=found_by,
         may_write=ticket is not None and access.may_write(session, ticket, sender),
         accept_unknown=s.access.unknown_senders == "accept",
-        automatic=automatic.detect(mail), authenticity=verdict, command=command)
+        automatic=automatic.detect(mail), authenticity=verdict, command=command,
+        to_comment=to_comment)

@@ -17,7 +17,7 @@ from mailgate.mail.authenticity import Verdict
 from mailgate.mail.automatic import Automatic
 from mailgate.mail.parse import ParsedMail
 from mailgate.tickets.access import Sender
-from mailgate.tickets.commands import AgentCommand
+from mailgate.tickets.commands import AgentCommand, BadLine
 from mailgate.tickets.states import State
 
 
@@ -27,6 +27,7 @@ class Kind(StrEnum):
     REOPEN = "after-close"
     AGENT_REPLY = "agent-reply"
     AGENT_COMMAND = "agent-command"
+    COMMAND_REFUSED = "command-refused"
     AUTO_REPLY = "auto-reply"
     BOUNCE = "bounce"
     BULK = "bulk"
@@ -41,6 +42,7 @@ class Action(StrEnum):
     RECORD = "record"        # onto `ticket` for agents to see; no answer, no state change
     BOUNCE = "bounce"        # mark our outgoing mail failed, flag the address
     AGENT = "agent"          # agent's reply, note or command on `ticket`
+    REFUSE_COMMAND = "refuse-command"  # agent's wrong command: nothing changes, agent told
     IGNORE = "ignore"        # kept in inbound, nothing sent
     REFUSE = "refuse"        # stranger: polite refusal, no ticket
 
@@ -67,7 +69,8 @@ class Facts:
     accept_unknown: bool
     automatic: Automatic | None = None
     authenticity: Verdict | None = None   # None: not required by config
-    command: AgentCommand | None = None
+    command: AgentCommand | None = None   # parsed for agents only: an editor's '#' is text
+    to_comment: bool = False              # addressed to desk.comment_address
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Decision:
     rule: str
     reason: str
     ticket: TicketInfo | None = None
+    errors: tuple[BadLine, ...] = ()      # with REFUSE_COMMAND: the lines and why
 
 
 Rule = Callable[[Facts], Decision | None]
@@ -129,8 +133,21 @@ def unverified(f: Facts) -> Decision | None:
 
 
 def agent_mail(f: Facts) -> Decision | None:
-    if f.sender.agent is None or f.ticket is None:
+    if f.sender.agent is None:
         return None
+    if f.command is not None and f.command.errors:
+        return Decision(Kind.COMMAND_REFUSED, Action.REFUSE_COMMAND, "agent-command-refused",
+                        f"agent {f.mail.from_addr}: {f.command.errors[0].reason}", f.ticket,
+                        f.command.errors)
+    if f.ticket is None:
+        if f.to_comment or (f.command is not None and f.command.note):
+            why = BadLine("#note" if f.command and f.command.note else "(internal note)",
+                          "an internal note needs a ticket: reply to a notification or put "
+                          "the ticket number in the subject")
+            return Decision(Kind.COMMAND_REFUSED, Action.REFUSE_COMMAND,
+                            "agent-command-refused", f"agent {f.mail.from_addr}: {why.reason}",
+                            None, (why,))
+        return None  # a forward or a request of the agent's own: a new ticket
     if f.command is not None:
         return Decision(Kind.AGENT_COMMAND, Action.AGENT, "agent-command",
                         f"agent {f.mail.from_addr} on {f.ticket.ref} ({f.found_by})", f.ticket)

@@ -10,11 +10,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mailgate import blobs
-from mailgate.db.models import Attachment, Counter, Event, Inbound, Message, Site, Ticket
+from mailgate.db.models import Attachment, Counter, Editor, Event, Inbound, Message, Site, Ticket
 from mailgate.mail.attachments import display_name
 from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import TicketRef, remove_tags, strip_prefixes
-from mailgate.outbound.compose import Outgoing
+from mailgate.outbound.compose import OutAttachment, Outgoing
 from mailgate.outbound.outbox import enqueue
 from mailgate.tickets import autoanswer
 from mailgate.tickets.access import AgentInfo, Sender
@@ -31,12 +31,12 @@ def next_number(session: Session) -> int:
 
 
 def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
-                inbound: Inbound, kind: str, now: datetime) -> Message:
+                inbound: Inbound, kind: str, now: datetime, body: str | None = None) -> Message:
     msg = Message(
         ticket_id=ticket.id, inbound_id=inbound.id, direction="in", kind=kind,
         from_addr=mail.from_addr, to_addrs=",".join(mail.to), cc_addrs=",".join(mail.cc),
         subject=mail.subject, message_id=mail.message_id or inbound.message_id,
-        body_text=display_text(mail), created_at=now)
+        body_text=display_text(mail) if body is None else body, created_at=now)
     session.add(msg)
     if mail.attachments:
         session.flush()  # the attachments need the message's id
@@ -55,8 +55,8 @@ def _event(session: Session, now: datetime, kind: str, ticket: Ticket | None,
                       inbound_id=inbound.id if inbound else None, detail=detail))
 
 
-def _set_state(session: Session, ticket: Ticket, new: State, inbound: Inbound | None,
-               now: datetime, by: str) -> None:
+def set_state(session: Session, ticket: Ticket, new: State, inbound: Inbound | None,
+              now: datetime, by: str) -> None:
     old = State(ticket.state)
     if old == new:
         return
@@ -67,7 +67,9 @@ def _set_state(session: Session, ticket: Ticket, new: State, inbound: Inbound | 
 
 def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbound,
                   sender: Sender, now: datetime, *, linked_to: Ticket | None = None,
-                  kind: str = "request") -> Ticket:
+                  kind: str = "request", body: str | None = None) -> Ticket:
+    """A new ticket for ``sender`` (the requester, who gets the acknowledgement); ``body``
+    replaces the mail's new text as what agents read (an agent's forward keeps it whole)."""
     s = desk.settings
     editor = sender.editor
     site_id = editor.site_id if editor else find_site_id(
@@ -78,7 +80,7 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
     subject = strip_prefixes(mail.subject, s.desk.ticket_prefix) or "(no subject)"
     ticket = Ticket(
         number=number, ref=str(ref), state=State.NEW, priority="normal", kind=kind,
-        site_id=site_id, requester=mail.from_addr,
+        site_id=site_id, requester=sender.address,
         requester_name=(editor.name if editor and editor.name else mail.from_name)[:200],
         subject=subject[:998], language=language, created_at=now, updated_at=now,
         first_response_due=desk.calendar.add_business_hours(now, s.sla.first_response_hours),
@@ -86,12 +88,13 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
         linked_to_id=linked_to.id if linked_to else None)
     session.add(ticket)
     session.flush()
-    add_message(session, desk, ticket, mail, inbound, "request", now)
+    add_message(session, desk, ticket, mail, inbound, "request", now, body)
     _event(session, now, "ticket.created", ticket, inbound, ref=ticket.ref,
            requester=ticket.requester, linked_to=linked_to.ref if linked_to else None)
     missing = missing_items(mail, site_id=site_id, name=editor.name if editor else "",
                             phone=editor.phone if editor else "")
-    _acknowledge(session, desk, ticket, mail, inbound, now, missing, linked_to)
+    _acknowledge(session, desk, ticket, mail, inbound, now, missing, linked_to,
+                 to=None if sender.address == mail.from_addr else sender.address)
     return ticket
 
 
@@ -106,9 +109,9 @@ def _thread(mail: ParsedMail) -> tuple[str, tuple[str, ...]]:
 
 def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
                  inbound: Inbound, now: datetime, missing: list[str],
-                 linked_to: Ticket | None) -> None:
+                 linked_to: Ticket | None, to: str | None = None) -> None:
     s = desk.settings
-    to = _answer_to(mail)
+    to = to or _answer_to(mail)
     if not autoanswer.allow(session, to, "ack", now, s.access.auto_replies_per_hour,
                             inbound.id, ticket.id):
         return
@@ -134,7 +137,7 @@ def _send(session: Session, out: Outgoing, kind: str, ticket: Ticket | None,
     if ticket is not None:
         session.add(Message(
             ticket_id=ticket.id, inbound_id=None, direction="out", kind=kind,
-            from_addr=out.from_addr, to_addrs=",".join(out.to), cc_addrs="",
+            from_addr=out.from_addr, to_addrs=",".join(out.to), cc_addrs=",".join(out.cc),
             subject=out.subject, message_id=row.message_id, body_text=body,
             created_at=out.date or ticket.updated_at))
 
@@ -144,7 +147,7 @@ def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedM
     msg = add_message(session, desk, ticket, mail, inbound, "follow-up", now)
     ticket.updated_at = now
     if mail.from_addr == ticket.requester:
-        _set_state(session, ticket, after_requester_mail(State(ticket.state)), inbound, now,
+        set_state(session, ticket, after_requester_mail(State(ticket.state)), inbound, now,
                    by=mail.from_addr)
     _event(session, now, "ticket.follow_up", ticket, inbound, **{"from": mail.from_addr})
     return msg
@@ -168,39 +171,74 @@ def agent_note(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
     return msg
 
 
-def agent_status(session: Session, ticket: Ticket, state: State, inbound: Inbound,
-                 now: datetime, agent: AgentInfo) -> None:
-    _set_state(session, ticket, state, inbound, now, by=agent.email)
+def participants(session: Session, ticket: Ticket, exclude: set[str]) -> list[str]:
+    """Editors of the ticket's site who took part: wrote in, or were in To/Cc of a mail
+    on it; never an agent or one of our own addresses (``exclude``)."""
+    rows = session.execute(
+        select(Message.from_addr, Message.to_addrs, Message.cc_addrs)
+        .where(Message.ticket_id == ticket.id, Message.direction == "in")
+        .order_by(Message.id)).all()
+    seen = dict.fromkeys(a.lower() for f, t, c in rows for a in (f, *t.split(","),
+                                                                 *c.split(",")) if a)
+    if not ticket.site_id:
+        return []
+    editors = set(session.execute(
+        select(Editor.email).where(Editor.site_id == ticket.site_id)).scalars())
+    return [a for a in seen if a in editors and a != ticket.requester and a not in exclude]
+
+
+def _editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...]]:
+    """In-Reply-To and References that put an answer into the editor's thread: the last
+    mail from the requester, after the first request and what we sent the editor."""
+    rows = session.execute(
+        select(Message.message_id, Message.direction, Message.from_addr, Message.kind)
+        .where(Message.ticket_id == ticket.id).order_by(Message.id)).all()
+    ids = [mid for mid, direction, sender, kind in rows if mid and (
+        (direction == "in" and sender == ticket.requester)
+        or (direction == "out" and kind in ("ack", "reply")))]
+    last_in = next((mid for mid, direction, sender, _k in reversed(rows)
+                    if direction == "in" and sender == ticket.requester and mid), "")
+    return last_in, tuple(dict.fromkeys((*ids[:1], *ids[-9:])))
 
 
 def agent_reply(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
-                inbound: Inbound, agent: AgentInfo, text: str, now: datetime) -> None:
-    """An agent's answer from their own mail client, relayed to the requester from the
-    desk's address (agents' own addresses stay out of editors' address books)."""
+                inbound: Inbound, agent: AgentInfo, text: str, now: datetime, *,
+                exclude: set[str]) -> tuple[str, ...]:
+    """An agent's answer from their own mail client, relayed to the requester and the
+    participating editors from the desk's address (agents' own addresses stay out of
+    editors' address books). Whoever the agent already wrote to directly gets no second
+    copy. ``exclude``: agents and our own addresses. Returns who it was relayed to."""
     s = desk.settings
     msg = add_message(session, desk, ticket, mail, inbound, "agent-reply", now)
     msg.body_text = text
-    ref = TicketRef(s.desk.ticket_prefix, ticket.number)
-    language, body = desk.renderer.render(
-        "reply", ticket.language, body=text.strip(), ref=str(ref), desk=s.desk,
-        agent_name=agent.name or s.desk.name)
-    last_in = session.execute(
-        select(Message.message_id).where(Message.ticket_id == ticket.id,
-                                         Message.direction == "in",
-                                         Message.from_addr == ticket.requester)
-        .order_by(Message.id.desc()).limit(1)).scalar_one_or_none() or ""
-    out = Outgoing(
-        from_name=f"{agent.name} ({s.desk.name})" if agent.name else s.desk.name,
-        from_addr=s.desk.address, to=(ticket.requester,),
-        subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
-        in_reply_to=last_in, references=(last_in,) if last_in else (),
-        auto_submitted="", language=language, loop_marker=s.desk.address, date=now)
-    _send(session, out, "reply", ticket, inbound, body)
+    direct = {a.lower() for a in (*mail.to, *mail.cc)}
+    to = tuple(a for a in (ticket.requester,) if a.lower() not in direct)
+    cc = tuple(a for a in participants(session, ticket, exclude) if a not in direct)
+    if not to and cc:
+        to, cc = cc[:1], cc[1:]
+    if to:
+        ref = TicketRef(s.desk.ticket_prefix, ticket.number)
+        language, body = desk.renderer.render(
+            "reply", ticket.language, body=text.strip(), ref=str(ref), desk=s.desk,
+            agent_name=agent.name or s.desk.name)
+        in_reply_to, refs = _editor_thread(session, ticket)
+        out = Outgoing(
+            from_name=f"{agent.name} ({s.desk.name})" if agent.name else s.desk.name,
+            from_addr=s.desk.address, to=to, cc=cc,
+            subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
+            in_reply_to=in_reply_to, references=refs, auto_submitted="", language=language,
+            loop_marker=s.desk.address, date=now,
+            attachments=tuple(OutAttachment(display_name(a.filename, a.content_type),
+                                            a.content_type, a.payload)
+                              for a in mail.attachments
+                              if len(a.payload) <= s.attachments.max_size))
+        _send(session, out, "reply", ticket, inbound, body)
     if ticket.first_response_at is None:
         ticket.first_response_at = now
     if ticket.state == State.NEW:
-        _set_state(session, ticket, State.OPEN, inbound, now, by=agent.email)
+        set_state(session, ticket, State.OPEN, inbound, now, by=agent.email)
     ticket.updated_at = now
+    return (*to, *cc)
 
 
 def refuse_stranger(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbound,

@@ -14,6 +14,7 @@ from mailgate.app import App
 from mailgate.db.engine import transaction
 from mailgate.db.models import Inbound, Outbox, Ticket
 from mailgate.inbound.store import store_raw
+from mailgate.tickets.notify import AGENT_KINDS
 from mailgate.worker import process_one
 from tests.support.mails import wire
 
@@ -35,10 +36,14 @@ class DeskHarness:
             s.expunge(row)
             return row
 
-    def outbox(self) -> list[EmailMessage]:
-        """Every mail the desk has decided to send, in order, as the relay would get it."""
+    def outbox(self, *, agents: bool = False) -> list[EmailMessage]:
+        """The mails the desk decided to send, in order, as the relay would get them: those
+        of the editors' side, or (``agents=True``) those of the agents' thread."""
         with self.app.sessions() as s:
-            raws = s.execute(select(Outbox.raw).order_by(Outbox.id)).scalars().all()
+            stmt = select(Outbox.raw).order_by(Outbox.id)
+            stmt = stmt.where(Outbox.kind.in_(AGENT_KINDS) if agents
+                              else Outbox.kind.not_in(AGENT_KINDS))
+            raws = s.execute(stmt).scalars().all()
         return [cast(EmailMessage, message_from_bytes(r, policy=policy.default)) for r in raws]
 
     def outbox_rows(self) -> list[Outbox]:
@@ -48,7 +53,9 @@ class DeskHarness:
             return rows
 
     def to(self, address: str) -> list[EmailMessage]:
-        return [m for m in self.outbox() if address in str(m["To"] or "")]
+        """Every mail (either side) with ``address`` in To or Cc."""
+        return [m for m in (*self.outbox(), *self.outbox(agents=True))
+                if address in f"{m['To'] or ''},{m['Cc'] or ''}"]
 
     def ticket(self, ref: str) -> Ticket:
         with self.app.sessions() as s:

@@ -119,15 +119,23 @@ def test_forward_by_editor_of_another_site_does_not_hijack(desk: DeskHarness) ->
 def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) -> None:
     register_more(app)
     d = RunningDaemon(app).start()
+
+    def to(address: str, count: int) -> list[EmailMessage]:
+        return until(lambda: [m for m in sink.messages if address in str(m["To"])]
+                     if len([m for m in sink.messages if address in str(m["To"])]) >= count
+                     else None, what=f"{count} mails to {address}")
     try:
         send(d.port, make_mail(EDITOR, "Menu weg"))
-        ack_id = sink.wait_for(1)[0]["Message-ID"]
+        [ack] = to(EDITOR, 1)
+        [notice] = to(AGENT, 1)  # the agent is told of the new ticket
+        assert notice["Reply-To"] == DESK and notice["Subject"] == "[SD-1] Menu weg"
         send(d.port, make_mail(AGENT, "Re: [SD-1] Menu weg",
                                "Het menu staat terug online.\n\nAlex",
-                               headers={"In-Reply-To": ack_id}))
-        reply = sink.wait_for(2)[1]
+                               headers={"In-Reply-To": notice["Message-ID"]}))
+        reply = to(EDITOR, 2)[1]
         assert reply["From"].endswith(f"<{DESK}>") and AGENT not in str(reply)
         assert reply["To"] == EDITOR and reply["Subject"] == "[SD-1] Menu weg"
+        assert reply["In-Reply-To"] and ack["Message-ID"] in reply["References"]
         assert "Het menu staat terug online." in reply.get_content()
         assert reply["Auto-Submitted"] is None  # a person wrote it
         _settled(app, 2)
@@ -141,7 +149,7 @@ def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) 
         t = DeskHarness(app).ticket("SD-1")
         assert t.state == "resolved" and t.messages[-1].kind == "note"
         assert t.messages[-1].body_text == "Cache geleegd, oorzaak: deploy."
-        assert len(sink.messages) == 2
+        assert len(to(EDITOR, 2)) == 2
     finally:
         d.stop()
 

@@ -9,7 +9,7 @@ from mailgate.mail.automatic import Automatic
 from mailgate.mail.parse import ParsedMail
 from mailgate.tickets import policy as c
 from mailgate.tickets.access import AgentInfo, EditorInfo, Sender
-from mailgate.tickets.commands import AgentCommand
+from mailgate.tickets.commands import parse_command
 
 MAIL = ParsedMail(message_id="<m@x>", subject="s", from_addr="eva@x.example", from_name="",
                   to=(), cc=(), reply_to="", in_reply_to=(), references=(), text="t")
@@ -66,9 +66,20 @@ def test_agent_reply_and_command() -> None:
     agent = Sender("alex@desk.example", None, AGENT)
     f = replace(BASE, sender=agent, ticket=TICKET, found_by="references", may_write=True)
     assert kind(f)[0] == "agent-reply"
-    cmd = AgentCommand(note=True, state=None, text="x")
-    assert kind(replace(f, command=cmd))[0] == "agent-command"
+    note = parse_command("#note\nx")
+    assert kind(replace(f, command=note))[0] == "agent-command"
+    # Without a ticket an agent's mail is a new request (a forward) ...
     assert c.agent_mail(replace(f, ticket=None)) is None
+    # ... but a note needs a ticket, and a wrong line is refused, with or without one.
+    for facts in (replace(f, ticket=None, command=note), replace(f, ticket=None, to_comment=True),
+                  replace(f, command=parse_command("#status done"))):
+        d = c.agent_mail(facts)
+        assert d is not None and d.action == "refuse-command" and d.errors, facts
+
+
+def test_an_editors_hash_lines_are_text() -> None:
+    f = replace(BASE, ticket=TICKET, found_by="references", may_write=True)
+    assert kind(f) == ("follow-up", "append", "follow-up")  # facts carry no command
 
 
 def test_follow_up_and_after_close() -> None:

@@ -1,0 +1,171 @@
+"""The agents' thread of a ticket: notifications, copies of notes and answers, refusals of
+wrong commands (docs/design.md §1.7).
+
+Every mail here goes to agents only, from the desk address with ``Reply-To`` the desk, so
+that an agent's reply comes back signed with our Message-ID and finds the ticket. Nothing
+of this thread ever reaches an editor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgate.db.models import Agent, Editor, Inbound, Message, Outbox, Site, Ticket
+from mailgate.mail.attachments import display_name
+from mailgate.mail.parse import ParsedMail
+from mailgate.mail.references import TicketRef
+from mailgate.outbound.compose import OutAttachment, Outgoing
+from mailgate.outbound.outbox import enqueue
+from mailgate.tickets.commands import ACCEPTED, BadLine
+from mailgate.tickets.completeness import missing_items
+from mailgate.tickets.desk import Desk
+
+# Agents reply above this line; everything from it on is cut from what reaches the editor.
+MARKER = "##- reply above this line / antwoord boven deze lijn / répondez au-dessus -##"
+AGENT_KINDS = ("notify", "note-copy", "answer-copy", "command-refused")
+
+
+@dataclass(frozen=True)
+class AutoReplySeen:
+    sender: str
+    at: datetime
+    text: str
+
+
+@dataclass(frozen=True)
+class BounceSeen:
+    to: str
+    status: str
+
+
+def agent_addresses(session: Session) -> set[str]:
+    return {a.lower() for a in session.execute(select(Agent.email)).scalars()}
+
+
+def recipients(session: Session, desk: Desk, exclude: set[str]) -> tuple[str, ...]:
+    """The notify list of the config, else every registered agent; minus ``exclude``."""
+    configured = desk.settings.agents.notify
+    addrs = configured or tuple(sorted(agent_addresses(session)))
+    return tuple(a for a in addrs if a.lower() not in exclude)
+
+
+def _thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...]]:
+    """In-Reply-To and References that keep the agents' mails of a ticket one thread."""
+    ids = list(session.execute(
+        select(Outbox.message_id).where(Outbox.ticket_id == ticket.id,
+                                        Outbox.kind.in_(AGENT_KINDS))
+        .order_by(Outbox.id)).scalars())
+    if not ids:
+        return "", ()
+    return ids[-1], tuple(dict.fromkeys((ids[0], *ids[-9:])))
+
+
+def _since_last_notice(session: Session, ticket: Ticket) -> list[AutoReplySeen]:
+    """Out-of-office replies that came in after the agents last heard of this ticket."""
+    last = session.execute(
+        select(Outbox.created_at).where(Outbox.ticket_id == ticket.id,
+                                        Outbox.kind.in_(AGENT_KINDS))
+        .order_by(Outbox.id.desc()).limit(1)).scalar_one_or_none()
+    stmt = select(Message).where(Message.ticket_id == ticket.id, Message.kind == "auto-reply")
+    if last is not None:
+        stmt = stmt.where(Message.created_at >= last)
+    return [AutoReplySeen(m.from_addr, m.created_at,
+                          (m.body_text.strip().splitlines() or [""])[0][:200])
+            for m in session.execute(stmt.order_by(Message.id)).scalars()]
+
+
+def attachments_of(mail: ParsedMail | None, max_size: int) -> tuple[OutAttachment, ...]:
+    if mail is None:
+        return ()
+    return tuple(OutAttachment(display_name(a.filename, a.content_type), a.content_type,
+                               a.payload)
+                 for a in mail.attachments if len(a.payload) <= max_size)
+
+
+def _send(session: Session, desk: Desk, ticket: Ticket, kind: str, to: tuple[str, ...],
+          body: str, now: datetime, inbound: Inbound | None,
+          attachments: tuple[OutAttachment, ...] = (), subject: str = "") -> None:
+    s = desk.settings
+    ref = TicketRef(s.desk.ticket_prefix, ticket.number)
+    in_reply_to, refs = _thread(session, ticket)
+    out = Outgoing(
+        from_name=s.desk.name, from_addr=s.desk.address, to=to,
+        subject=subject or f"{ref.tag} {ticket.subject}", body=body,
+        message_id=desk.ids.make(ref), in_reply_to=in_reply_to, references=refs,
+        auto_submitted="auto-generated", language=s.desk.default_language,
+        loop_marker=s.desk.address, date=now, reply_to=s.desk.address,
+        attachments=attachments)
+    enqueue(session, out, kind, ticket_id=ticket.id, inbound_id=inbound.id if inbound else None)
+
+
+def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: datetime, *,
+           inbound: Inbound | None = None, mail: ParsedMail | None = None, text: str = "",
+           exclude: set[str] | None = None, to: tuple[str, ...] | None = None,
+           bounce: BounceSeen | None = None, assigned_by: str = "") -> bool:
+    """Tells the agents of ``event`` (new, follow-up, bounce, assigned); True if sent."""
+    to = to if to is not None else recipients(session, desk, exclude or set())
+    if not to:
+        return False
+    s = desk.settings
+    site = session.get(Site, ticket.site_id) if ticket.site_id else None
+    editor = session.execute(
+        select(Editor).where(Editor.email == ticket.requester)).scalar_one_or_none()
+    missing = missing_items(mail, site_id=ticket.site_id,
+                            name=editor.name if editor else ticket.requester_name,
+                            phone=editor.phone if editor else "") if mail else []
+    due = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
+    files = attachments_of(mail, s.attachments.max_size)
+    seen = [AutoReplySeen(a.sender, a.at.astimezone(s.tz), a.text)
+            for a in _since_last_notice(session, ticket)]
+    _lang, body = desk.renderer.render(
+        "notify", s.desk.default_language, event=event, ref=ticket.ref, desk=s.desk,
+        ticket=ticket, site_name=site.name if site else "",
+        phone=editor.phone if editor else "", due=due, missing=missing, text=text.strip(),
+        attachments=[f.filename for f in files], auto_replies=seen, bounce=bounce,
+        assigned_by=assigned_by, marker=MARKER)
+    _send(session, desk, ticket, "notify", to, body, now, inbound, files)
+    return True
+
+
+def copy_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, text: str,
+                   agent_name: str, agent_email: str, now: datetime, *,
+                   inbound: Inbound | None = None, mail: ParsedMail | None = None,
+                   exclude: set[str] | None = None) -> bool:
+    """An agent's note (``kind`` "note") or answer ("answer") for the other agents."""
+    to = recipients(session, desk, {agent_email.lower(), *(exclude or set())})
+    if not to:
+        return False
+    s = desk.settings
+    _lang, body = desk.renderer.render(
+        "note_copy", s.desk.default_language, kind=kind, ref=ticket.ref, ticket=ticket,
+        agent_name=agent_name or agent_email, agent_email=agent_email, text=text.strip(),
+        desk=s.desk, marker=MARKER)
+    _send(session, desk, ticket, f"{kind}-copy", to, body, now, inbound,
+          attachments_of(mail, s.attachments.max_size))
+    return True
+
+
+def refuse_commands(session: Session, desk: Desk, ticket: Ticket | None, agent_email: str,
+                    errors: list[BadLine], subject: str, now: datetime,
+                    inbound: Inbound | None) -> None:
+    """A short answer to the agent: which line, why, and what is accepted."""
+    s = desk.settings
+    _lang, body = desk.renderer.render(
+        "command_refused", s.desk.default_language, ref=ticket.ref if ticket else "",
+        errors=errors, accepted=list(ACCEPTED), desk=s.desk)
+    reply_subject = f"Re: {subject}"[:250]
+    if ticket is not None:
+        _send(session, desk, ticket, "command-refused", (agent_email,), body, now, inbound,
+              subject=reply_subject)
+        return
+    out = Outgoing(
+        from_name=s.desk.name, from_addr=s.desk.address, to=(agent_email,),
+        subject=reply_subject, body=body, message_id=desk.ids.make(None),
+        auto_submitted="auto-replied", language=s.desk.default_language,
+        loop_marker=s.desk.address, date=now)
+    enqueue(session, out, "command-refused", ticket_id=None,
+            inbound_id=inbound.id if inbound else None)
