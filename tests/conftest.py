@@ -1,13 +1,14 @@
 """Fixtures that start real parts: SQLite and PostgreSQL databases, an SMTP sink playing the
 relay, a private Dovecot, and the daemon itself (in a thread, or as a subprocess where a test
-kills it)."""
+kills it).
+
+Plain helpers (the desk's addresses, RunningDaemon, SettingsFactory) are in tests/support/desk.py;
+test modules import them from there, not from this file."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,16 @@ import pytest
 
 from mailgate import config
 from mailgate.app import App
-from mailgate.daemon import Daemon
-from mailgate.db.engine import transaction
 from mailgate.db.migrate import upgrade
-from mailgate.tickets import registry
+from tests.support.desk import DESK, EDITOR, RunningDaemon, SettingsFactory, register_demo
 from tests.support.dovecot import DEFAULT_PASSWORD, DEFAULT_USER, DovecotServer, require_dovecot
 from tests.support.pgschema import private_schema
 from tests.support.sink import SmtpSink
 
+# Re-exported for the test modules that still import them from here (test_cli, test_policy).
+__all__ = ["DESK", "EDITOR", "RunningDaemon", "SettingsFactory", "register_demo"]
+
 PG_ENV = "MAILGATE_TEST_DATABASE_URL"
-EDITOR = "eva@site1234.example.be"
-DESK = "servicedesk@desk.example"
 
 
 def _pg_base_url() -> str | None:
@@ -71,9 +71,6 @@ def dovecot_server(tmp_path: Path) -> Iterator[DovecotServer]:
         server.stop()
 
 
-SettingsFactory = Callable[..., config.Settings]
-
-
 @pytest.fixture
 def make_settings(database_url: str, tmp_path: Path, sink: SmtpSink) -> SettingsFactory:
     def make(**sections: dict[str, Any]) -> config.Settings:
@@ -98,14 +95,6 @@ def make_settings(database_url: str, tmp_path: Path, sink: SmtpSink) -> Settings
     return make
 
 
-def register_demo(app: App) -> None:
-    with transaction(app.sessions) as session:
-        now = app.clock.now()
-        registry.add_site(session, "1234", "Demo site", now)
-        registry.add_editor(session, "1234", EDITOR, now, name="Eva Editor",
-                            phone="+32 470 12 34 56")
-
-
 @pytest.fixture
 def app(make_settings: SettingsFactory) -> Iterator[App]:
     """A migrated database with site 1234 and its editor registered."""
@@ -114,40 +103,6 @@ def app(make_settings: SettingsFactory) -> Iterator[App]:
     register_demo(a)
     yield a
     a.close()
-
-
-class RunningDaemon:
-    """The real daemon in a background thread with its own event loop."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.daemon = Daemon(app)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self.daemon.run())
-        except BaseException as exc:  # surfaced by start()/stop()
-            self.error = exc
-            self.daemon.ready.set()
-
-    def start(self) -> RunningDaemon:
-        self.thread.start()
-        assert self.daemon.ready.wait(15), "daemon did not get ready"
-        if self.error:
-            raise self.error
-        return self
-
-    def stop(self) -> None:
-        self.daemon.stop()
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "daemon did not stop"
-
-    @property
-    def port(self) -> int:
-        assert self.daemon.smtp_port
-        return self.daemon.smtp_port
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from mailgate.inbound.imap import (
 from mailgate.inbound.store import store_raw
 from mailgate.outbound.sender import LEASE
 from mailgate.worker import process_one
-from tests.conftest import EDITOR, RunningDaemon, SettingsFactory
+from tests.support.desk import EDITOR, RunningDaemon, SettingsFactory
 from tests.support.dovecot import DEFAULT_PASSWORD as PASSWORD
 from tests.support.dovecot import DEFAULT_USER as USER
 from tests.support.dovecot import DovecotServer

@@ -22,7 +22,7 @@ from mailgate.db.models import Inbound
 from mailgate.inbound.intake import IntakeWriter
 from mailgate.inbound.smtp import DeskHandler
 from mailgate.inbound.store import Arrival, Stored, store_raw
-from tests.conftest import DESK, EDITOR, SettingsFactory
+from tests.support.desk import DESK, EDITOR, SettingsFactory
 from tests.support.mails import make_mail, wire
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from mailgate.app import App
 from mailgate.db.models import Inbound, Message, Outbox, Ticket
-from tests.conftest import DESK, EDITOR, RunningDaemon
+from tests.support.desk import DESK, EDITOR, RunningDaemon
 from tests.support.mails import make_mail, send, wire
 from tests.support.proxy import TcpProxy
 from tests.support.sink import SmtpSink

@@ -20,7 +20,7 @@ from mailgate.inbound.store import (
     store_many,
     store_raw,
 )
-from tests.conftest import SettingsFactory
+from tests.support.desk import SettingsFactory
 
 CRLF_MAIL = (b"From: Eva Editor <eva@site1234.example.be>\r\n"
              b"To: servicedesk@desk.example\r\n"
