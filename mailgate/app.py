@@ -41,7 +41,8 @@ class App:
             settings=s,
             ids=MessageIds(self.secret(), s.desk.domain, s.desk.ticket_prefix),
             renderer=Renderer(s.templates_dir, s.desk.default_language),
-            calendar=BusinessCalendar(s.tz, s.sla.business_hours, s.sla.country),
+            calendar=BusinessCalendar(s.tz, s.sla.business_hours, s.sla.country,
+                                      s.lifecycle.closed_dates),
         )
 
     @cached_property

@@ -10,15 +10,27 @@ import holidays
 
 class BusinessCalendar:
     def __init__(self, tz: ZoneInfo, business_hours: str = "08:00-17:00",
-                 country: str = "BE") -> None:
+                 country: str = "BE", closed_days: tuple[date, ...] = ()) -> None:
         self.tz = tz
         start, end = business_hours.split("-")
         self.start = time.fromisoformat(start)
         self.end = time(23, 59, 59) if end == "24:00" else time.fromisoformat(end)
         self._holidays = holidays.country_holidays(country)
+        # The desk's own closing days (bridge days, a move), on top of the public holidays.
+        self._closed = frozenset(closed_days)
 
     def is_working_day(self, day: date) -> bool:
-        return day.weekday() < 5 and day not in self._holidays
+        return day.weekday() < 5 and day not in self._holidays and day not in self._closed
+
+    def end_of_working_day(self, moment: datetime, days: int) -> datetime:
+        """Closing time of the ``days``-th working day after the local day of ``moment``."""
+        day = moment.astimezone(self.tz).date()
+        added = 0
+        while added < days:
+            day += timedelta(days=1)
+            if self.is_working_day(day):
+                added += 1
+        return datetime.combine(day, self.end, self.tz).astimezone(UTC)
 
     def add_working_days(self, moment: datetime, days: int) -> datetime:
         """Same local time of day, ``days`` working days later."""

@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -116,6 +117,8 @@ class ImapAccount:
 @dataclass(frozen=True)
 class SlaSettings:
     first_response_hours: float = 4.0
+    # Share of the first-response time after which the agents are warned (once).
+    warn_at: float = 0.75
     business_hours: str = "08:00-17:00"
     country: str = "BE"
 
@@ -124,6 +127,14 @@ class SlaSettings:
 class LifecycleSettings:
     auto_close_working_days: int = 5
     reminder_working_days: tuple[int, ...] = (2, 4)
+    # Extra days the desk is closed ("YYYY-MM-DD"), on top of weekends and public holidays.
+    closed_days: tuple[str, ...] = ()
+    notify_on_close: bool = True
+    sweep_seconds: float = 60.0
+
+    @property
+    def closed_dates(self) -> tuple[date, ...]:
+        return tuple(date.fromisoformat(d) for d in self.closed_days)
 
 
 @dataclass(frozen=True)
@@ -314,7 +325,20 @@ def _validate(s: Settings) -> None:
     m = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", s.sla.business_hours)
     _check(bool(m) and m.group(1, 2) < m.group(3, 4) and int(m.group(3)) <= 24,  # type: ignore[union-attr]
            "sla.business_hours", 'must look like "08:00-17:00" with start before end')
-    _positive("lifecycle.auto_close_working_days", s.lifecycle.auto_close_working_days)
+    lc = s.lifecycle
+    _positive("lifecycle.auto_close_working_days", lc.auto_close_working_days)
+    _check(all(0 < d < lc.auto_close_working_days for d in lc.reminder_working_days)
+           and list(lc.reminder_working_days) == sorted(set(lc.reminder_working_days)),
+           "lifecycle.reminder_working_days",
+           "must be rising working days, each before lifecycle.auto_close_working_days")
+    for i, day in enumerate(lc.closed_days):
+        try:
+            date.fromisoformat(day)
+        except ValueError as exc:
+            raise ConfigError(f"lifecycle.closed_days[{i}]",
+                              f"must be a date like 2026-12-24, got {day!r}") from exc
+    _positive("lifecycle.sweep_seconds", lc.sweep_seconds)
+    _check(0 < s.sla.warn_at < 1, "sla.warn_at", "must be between 0 and 1 (e.g. 0.75)")
     _check(s.access.unknown_senders in ("refuse", "accept"), "access.unknown_senders",
            'must be "refuse" or "accept"')
     _check(s.access.auto_replies_per_hour >= 0, "access.auto_replies_per_hour",

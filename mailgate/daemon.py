@@ -21,6 +21,7 @@ from mailgate.inbound.intake import IntakeWriter
 from mailgate.inbound.smtp import DeskHandler, smtp_factory
 from mailgate.inbound.store import Arrival, Stored, store_raw
 from mailgate.outbound import sender
+from mailgate.tickets import lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._work: asyncio.Event | None = None
         self._send: asyncio.Event | None = None
+        self._sweep: asyncio.Event | None = None
 
     # Called from any thread (SMTP handler, IMAP poller threads, scheduler).
     def wake_worker(self) -> None:
@@ -116,6 +118,29 @@ class Daemon:
             if result.sent + result.retrying + result.failed >= 100:
                 self._send.set()
 
+    def wake_sweeper(self) -> None:
+        if self._loop and self._sweep:
+            self._loop.call_soon_threadsafe(self._sweep.set)
+
+    async def _sweep_loop(self) -> None:
+        """The ticket clock: reminders, closings, SLA alerts (woken by the scheduler)."""
+        assert self._sweep and self._stop
+        while not self._stop.is_set():
+            await self._sweep.wait()
+            self._sweep.clear()
+            if self._stop.is_set():
+                break
+            try:
+                result = await asyncio.to_thread(
+                    lifecycle.sweep, self.app.sessions, self.app.desk, self.app.clock.now())
+            except Exception:
+                log.exception("lifecycle sweep failed; retrying on the next pass")
+                continue
+            if result.total:
+                log.info("sweep: %s reminded, %s closed, %s SLA warnings, %s SLA breaches",
+                         result.reminded, result.closed, result.warned, result.breached)
+                self.wake_sender()
+
     async def run(self) -> None:
         s = self.app.settings
         # The SMTP loop hands each mail to the intake thread and waits for its commit; with
@@ -123,6 +148,7 @@ class Daemon:
         sys.setswitchinterval(0.0005)
         self._loop = asyncio.get_running_loop()
         self._stop, self._work, self._send = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._sweep = asyncio.Event()
         await asyncio.to_thread(require_current, self.app.engine)
         await asyncio.to_thread(lambda: self.app.desk)  # loads the signing secret once
         server = None
@@ -136,7 +162,8 @@ class Daemon:
             self.smtp_port = server.sockets[0].getsockname()[1]
             log.info("SMTP listening on %s:%s", s.smtp.host, self.smtp_port)
         tasks = [asyncio.create_task(self._worker_loop(), name="worker"),
-                 asyncio.create_task(self._sender_loop(), name="sender")]
+                 asyncio.create_task(self._sender_loop(), name="sender"),
+                 asyncio.create_task(self._sweep_loop(), name="sweep")]
         tasks += [asyncio.create_task(t(self), name=getattr(t, "__name__", "extra"))
                   for t in self.extra_tasks]
         # One thread per [[imap]] account: imapclient blocks, the event loop must not.
@@ -144,6 +171,7 @@ class Daemon:
         imap.start()
         interval = systemd.watchdog_interval()
         sched = scheduler.build(s.worker.poll_seconds, self.wake_worker, self.wake_sender,
+                                (s.lifecycle.sweep_seconds, self.wake_sweeper),
                                 (interval, self._watchdog_ping)
                                 if interval else None)
         sched.start()
@@ -152,6 +180,7 @@ class Daemon:
                 self._loop.add_signal_handler(sig, self._stop.set)
         self._work.set()  # whatever was left pending before a restart
         self._send.set()
+        self._sweep.set()  # and whatever fell due while we were down
         systemd.notify("READY=1\nSTATUS=accepting mail")
         self.ready.set()
         log.info("mailgate ready")
@@ -173,6 +202,7 @@ class Daemon:
             await asyncio.to_thread(self.intake.stop)
             self._work.set()
             self._send.set()
+            self._sweep.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.app.close()
             log.info("stopped")

@@ -13,6 +13,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 def build(poll_seconds: float, wake_worker: Callable[[], None],
           wake_sender: Callable[[], None],
+          sweep: tuple[float, Callable[[], None]] | None = None,
           watchdog: tuple[float, Callable[[], None]] | None = None) -> AsyncIOScheduler:
     sched = AsyncIOScheduler(timezone="UTC", job_defaults={"coalesce": True,
                                                            "max_instances": 1,
@@ -21,6 +22,10 @@ def build(poll_seconds: float, wake_worker: Callable[[], None],
     # by an outage, and outbox rows whose retry time has come.
     sched.add_job(wake_worker, "interval", seconds=poll_seconds, id="inbound-sweep")
     sched.add_job(wake_sender, "interval", seconds=poll_seconds, id="outbox-sweep")
+    if sweep is not None:
+        # Reminders, closings and SLA alerts; what is due lives in indexed ticket columns.
+        every, wake = sweep
+        sched.add_job(wake, "interval", seconds=every, id="lifecycle-sweep")
     if watchdog is not None:
         interval, ping = watchdog
         sched.add_job(ping, "interval", seconds=interval, id="watchdog")

@@ -125,6 +125,7 @@ class Ticket(Base):
         Index("ix_ticket_remind_at", "remind_at"),
         Index("ix_ticket_close_at", "close_at"),
         Index("ix_ticket_assignee", "assignee"),
+        Index("ix_ticket_sla_alert_at", "sla_alert_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -147,6 +148,13 @@ class Ticket(Base):
     linked_to_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"))
     # The agent who has the ticket (an agent's e-mail), set by #assign or the CLI.
     assignee: Mapped[str | None] = mapped_column(String(254))
+    # The clock (docs/design.md §1.5): each due column is set only while something is due,
+    # so a sweep reads the due rows through its index, never the whole table.
+    waiting_since: Mapped[datetime | None] = mapped_column(default=None)
+    reminders_sent: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Next first-response alert to the agents: the warning, then the breach, then nothing.
+    sla_alert_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id")

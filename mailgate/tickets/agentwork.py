@@ -14,8 +14,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import Agent, Editor, Event, Inbound, Site, Ticket
-from mailgate.tickets import notify, service
+from mailgate.db.models import Agent, Editor, Inbound, Site, Ticket
+from mailgate.tickets import lifecycle, notify, service
 from mailgate.tickets.commands import AgentCommand, BadLine, Command
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.states import State, refuse_move
@@ -63,45 +63,43 @@ def _refusal(session: Session, desk: Desk, ticket: Ticket | None, c: Command,
     return None
 
 
-def _event(session: Session, now: datetime, kind: str, ticket: Ticket,
-           inbound: Inbound | None, **detail: object) -> None:
-    session.add(Event(at=now, kind=kind, ticket_id=ticket.id,
-                      inbound_id=inbound.id if inbound else None, detail=detail))
-
-
 def apply(session: Session, desk: Desk, ticket: Ticket, cmd: AgentCommand, actor: Actor,
-          now: datetime, inbound: Inbound | None = None) -> None:
-    """Applies checked commands (call :func:`check` first); each change is an event."""
+          now: datetime, inbound: Inbound | None = None, *, answered: bool = False) -> None:
+    """Applies checked commands (call :func:`check` first); each change is an event.
+    ``answered``: the agent's text already went to the editor as the "handled" mail."""
     for c in cmd.commands:
         if c.word == "status":
-            service.set_state(session, ticket, State(c.arg), inbound, now, by=actor.email)
+            resolving = c.arg == State.RESOLVED and ticket.state != State.RESOLVED
+            service.set_state(session, desk, ticket, State(c.arg), inbound, now, by=actor.email)
+            if resolving and not answered:
+                lifecycle.send_handled(session, desk, ticket, now)
         elif c.word == "priority" and ticket.priority != c.arg:
-            _event(session, now, "ticket.priority", ticket, inbound,
+            service.event(session, now, "ticket.priority", ticket, inbound,
                    **{"from": ticket.priority, "to": c.arg, "by": actor.email})
             ticket.priority = c.arg
         elif c.word == "assign":
             assignee = actor.email if c.arg == "me" else c.arg
             if ticket.assignee != assignee:
-                _event(session, now, "ticket.assigned", ticket, inbound,
+                service.event(session, now, "ticket.assigned", ticket, inbound,
                        **{"from": ticket.assignee, "to": assignee, "by": actor.email})
                 ticket.assignee = assignee
                 if assignee != actor.email:
                     notify.notify(session, desk, ticket, "assigned", now, inbound=inbound,
                                   to=(assignee,), assigned_by=actor.name or actor.email)
         elif c.word == "site" and ticket.site_id != c.arg:
-            _event(session, now, "ticket.site", ticket, inbound,
+            service.event(session, now, "ticket.site", ticket, inbound,
                    **{"from": ticket.site_id, "to": c.arg, "by": actor.email})
             ticket.site_id = c.arg
         elif c.word == "link":
             other = session.execute(
                 select(Ticket).where(Ticket.ref == c.arg.strip("[]"))).scalar_one()
-            _event(session, now, "ticket.linked", ticket, inbound,
+            service.event(session, now, "ticket.linked", ticket, inbound,
                    **{"to": other.ref, "by": actor.email})
             ticket.linked_to_id = other.id
         elif c.word == "requester" and ticket.requester != c.arg:
             editor = session.execute(
                 select(Editor).where(Editor.email == c.arg)).scalar_one_or_none()
-            _event(session, now, "ticket.requester", ticket, inbound,
+            service.event(session, now, "ticket.requester", ticket, inbound,
                    **{"from": ticket.requester, "to": c.arg, "by": actor.email})
             ticket.requester = c.arg
             if editor is not None:

@@ -21,6 +21,7 @@ from mailgate.tickets.agentwork import Actor
 from mailgate.tickets.commands import AgentCommand, BadLine
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.policy import Action, Decision, Facts
+from mailgate.tickets.states import State
 from mailgate.tickets.text import display_text
 
 
@@ -123,18 +124,23 @@ def agent(c: Context) -> Outcome:
     text = agentwork.editor_text(cmd.text if cmd else display_text(c.mail), agents, s.address)
     # Whoever the agent wrote to directly already has the mail: no second copy.
     direct = {a.lower() for a in (*c.mail.to, *c.mail.cc)}
-    if c.facts.to_comment or (cmd is not None and cmd.note) or not text:
+    is_note = c.facts.to_comment or (cmd is not None and cmd.note)
+    if is_note or not text:
         service.agent_note(c.session, c.desk, ticket, c.mail, c.inbound, text, c.now)
-    if text and (c.facts.to_comment or (cmd is not None and cmd.note)):
+    if text and is_note:
         notify.copy_to_agents(c.session, c.desk, ticket, "note", text, who.name, who.email,
                               c.now, inbound=c.inbound, mail=c.mail, exclude=direct)
     elif text:
+        # Resolving with an answer: that answer is the "handled" mail (one mail, not two).
+        resolving = cmd is not None and cmd.state == State.RESOLVED
         service.agent_reply(c.session, c.desk, ticket, c.mail, c.inbound, who, text, c.now,
-                            exclude=agents | set(s.own_addresses))
+                            exclude=agents | set(s.own_addresses),
+                            template="handled" if resolving else "reply")
         notify.copy_to_agents(c.session, c.desk, ticket, "answer", text, who.name, who.email,
                               c.now, inbound=c.inbound, mail=c.mail, exclude=direct)
     if cmd is not None:
-        agentwork.apply(c.session, c.desk, ticket, cmd, actor, c.now, c.inbound)
+        agentwork.apply(c.session, c.desk, ticket, cmd, actor, c.now, c.inbound,
+                        answered=bool(text) and not is_note)
     return Outcome(InboundStatus.TICKET, ticket.id)
 
 
@@ -156,7 +162,7 @@ def bounce(c: Context) -> Outcome:
     # The editor never got an agent's answer: the agents must know. (A bounce of a mail
     # to the agents themselves is only recorded: telling them by mail could loop.)
     for row in failed:
-        if row.kind == "reply":
+        if row.kind in ("reply", "handled"):
             notify.notify(c.session, c.desk, bounced, "bounce", c.now, inbound=c.inbound,
                           bounce=notify.BounceSeen(row.recipients, a.dsn_status))
             break

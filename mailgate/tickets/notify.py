@@ -26,7 +26,8 @@ from mailgate.tickets.desk import Desk
 
 # Agents reply above this line; everything from it on is cut from what reaches the editor.
 MARKER = "##- reply above this line / antwoord boven deze lijn / répondez au-dessus -##"
-AGENT_KINDS = ("notify", "note-copy", "answer-copy", "command-refused")
+AGENT_KINDS = ("notify", "note-copy", "answer-copy", "command-refused", "sla-warning",
+               "sla-breach")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def attachments_of(mail: ParsedMail | None, max_size: int) -> tuple[OutAttachmen
                  for a in mail.attachments if len(a.payload) <= max_size)
 
 
-def _send(session: Session, desk: Desk, ticket: Ticket, kind: str, to: tuple[str, ...],
+def send_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, to: tuple[str, ...],
           body: str, now: datetime, inbound: Inbound | None,
           attachments: tuple[OutAttachment, ...] = (), subject: str = "") -> None:
     s = desk.settings
@@ -127,7 +128,7 @@ def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: dateti
         phone=editor.phone if editor else "", due=due, missing=missing, text=text.strip(),
         attachments=[f.filename for f in files], auto_replies=seen, bounce=bounce,
         assigned_by=assigned_by, marker=MARKER)
-    _send(session, desk, ticket, "notify", to, body, now, inbound, files)
+    send_to_agents(session, desk, ticket, "notify", to, body, now, inbound, files)
     return True
 
 
@@ -144,7 +145,7 @@ def copy_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, text
         "note_copy", s.desk.default_language, kind=kind, ref=ticket.ref, ticket=ticket,
         agent_name=agent_name or agent_email, agent_email=agent_email, text=text.strip(),
         desk=s.desk, marker=MARKER)
-    _send(session, desk, ticket, f"{kind}-copy", to, body, now, inbound,
+    send_to_agents(session, desk, ticket, f"{kind}-copy", to, body, now, inbound,
           attachments_of(mail, s.attachments.max_size))
     return True
 
@@ -159,7 +160,7 @@ def refuse_commands(session: Session, desk: Desk, ticket: Ticket | None, agent_e
         errors=errors, accepted=list(ACCEPTED), desk=s.desk)
     reply_subject = f"Re: {subject}"[:250]
     if ticket is not None:
-        _send(session, desk, ticket, "command-refused", (agent_email,), body, now, inbound,
+        send_to_agents(session, desk, ticket, "command-refused", (agent_email,), body, now, inbound,
               subject=reply_subject)
         return
     out = Outgoing(

@@ -16,11 +16,11 @@ from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import TicketRef, remove_tags, strip_prefixes
 from mailgate.outbound.compose import OutAttachment, Outgoing
 from mailgate.outbound.outbox import enqueue
-from mailgate.tickets import autoanswer
+from mailgate.tickets import autoanswer, duetimes
 from mailgate.tickets.access import AgentInfo, Sender
 from mailgate.tickets.completeness import find_site_id, missing_items
 from mailgate.tickets.desk import Desk
-from mailgate.tickets.states import State, after_requester_mail
+from mailgate.tickets.states import IllegalTransition, State, after_requester_mail, refuse_move
 from mailgate.tickets.text import display_text
 
 
@@ -49,20 +49,27 @@ def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
     return msg
 
 
-def _event(session: Session, now: datetime, kind: str, ticket: Ticket | None,
+def event(session: Session, now: datetime, kind: str, ticket: Ticket | None,
            inbound: Inbound | None, **detail: object) -> None:
     session.add(Event(at=now, kind=kind, ticket_id=ticket.id if ticket else None,
                       inbound_id=inbound.id if inbound else None, detail=detail))
 
 
-def set_state(session: Session, ticket: Ticket, new: State, inbound: Inbound | None,
-              now: datetime, by: str) -> None:
+def set_state(session: Session, desk: Desk, ticket: Ticket, new: State,
+              inbound: Inbound | None, now: datetime, by: str) -> None:
+    """The one way a ticket changes state: checked against the transition table, recorded
+    as an event naming who or what caused it, and the ticket's clock set for the new state.
+    ``by``: an agent's or editor's address, "sweep" or "cli"."""
     old = State(ticket.state)
     if old == new:
         return
+    refusal = refuse_move(old, new)
+    if refusal:
+        raise IllegalTransition(refusal)
     ticket.state = new
     ticket.updated_at = now
-    _event(session, now, "ticket.state", ticket, inbound, **{"from": old, "to": new, "by": by})
+    duetimes.entered(ticket, new, now, desk.calendar, desk.settings.lifecycle)
+    event(session, now, "ticket.state", ticket, inbound, **{"from": old, "to": new, "by": by})
 
 
 def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbound,
@@ -84,12 +91,14 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
         requester_name=(editor.name if editor and editor.name else mail.from_name)[:200],
         subject=subject[:998], language=language, created_at=now, updated_at=now,
         first_response_due=desk.calendar.add_business_hours(now, s.sla.first_response_hours),
+        sla_alert_at=desk.calendar.add_business_hours(
+            now, s.sla.first_response_hours * s.sla.warn_at),
         first_response_at=None, remind_at=None, close_at=None,
         linked_to_id=linked_to.id if linked_to else None)
     session.add(ticket)
     session.flush()
     add_message(session, desk, ticket, mail, inbound, "request", now, body)
-    _event(session, now, "ticket.created", ticket, inbound, ref=ticket.ref,
+    event(session, now, "ticket.created", ticket, inbound, ref=ticket.ref,
            requester=ticket.requester, linked_to=linked_to.ref if linked_to else None)
     missing = missing_items(mail, site_id=site_id, name=editor.name if editor else "",
                             phone=editor.phone if editor else "")
@@ -127,10 +136,10 @@ def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
         subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
         in_reply_to=in_reply_to, references=refs, auto_submitted="auto-replied",
         language=language, loop_marker=s.desk.address, date=now)
-    _send(session, out, "ack", ticket, inbound, body)
+    send(session, out, "ack", ticket, inbound, body)
 
 
-def _send(session: Session, out: Outgoing, kind: str, ticket: Ticket | None,
+def send(session: Session, out: Outgoing, kind: str, ticket: Ticket | None,
           inbound: Inbound | None, body: str) -> None:
     row = enqueue(session, out, kind, ticket_id=ticket.id if ticket else None,
                   inbound_id=inbound.id if inbound else None)
@@ -146,10 +155,11 @@ def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedM
                      inbound: Inbound, now: datetime) -> Message:
     msg = add_message(session, desk, ticket, mail, inbound, "follow-up", now)
     ticket.updated_at = now
-    if mail.from_addr == ticket.requester:
-        set_state(session, ticket, after_requester_mail(State(ticket.state)), inbound, now,
-                   by=mail.from_addr)
-    _event(session, now, "ticket.follow_up", ticket, inbound, **{"from": mail.from_addr})
+    # An editor's real answer (the policy sends only people who may write here) stops the
+    # reminders and the closing: the ticket is the agents' again.
+    set_state(session, desk, ticket, after_requester_mail(State(ticket.state)), inbound, now,
+              by=mail.from_addr)
+    event(session, now, "ticket.follow_up", ticket, inbound, **{"from": mail.from_addr})
     return msg
 
 
@@ -158,7 +168,7 @@ def record_automatic(session: Session, desk: Desk, ticket: Ticket, mail: ParsedM
     """An out-of-office or bounce on a ticket: visible to agents, and nothing else —
     no answer, no state change, no clock touched (not even updated_at)."""
     msg = add_message(session, desk, ticket, mail, inbound, kind, now)
-    _event(session, now, f"ticket.{kind}", ticket, inbound, **{"from": mail.from_addr})
+    event(session, now, f"ticket.{kind}", ticket, inbound, **{"from": mail.from_addr})
     return msg
 
 
@@ -167,7 +177,7 @@ def agent_note(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
     msg = add_message(session, desk, ticket, mail, inbound, "note", now)
     msg.body_text = text
     ticket.updated_at = now
-    _event(session, now, "ticket.note", ticket, inbound, by=mail.from_addr)
+    event(session, now, "ticket.note", ticket, inbound, by=mail.from_addr)
     return msg
 
 
@@ -187,7 +197,11 @@ def participants(session: Session, ticket: Ticket, exclude: set[str]) -> list[st
     return [a for a in seen if a in editors and a != ticket.requester and a not in exclude]
 
 
-def _editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...]]:
+# What we send on the editor's side of a ticket (docs/design.md §1.7).
+EDITOR_KINDS = ("ack", "reply", "handled", "reminder", "closing", "closed")
+
+
+def editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...]]:
     """In-Reply-To and References that put an answer into the editor's thread: the last
     mail from the requester, after the first request and what we sent the editor."""
     rows = session.execute(
@@ -195,7 +209,7 @@ def _editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ..
         .where(Message.ticket_id == ticket.id).order_by(Message.id)).all()
     ids = [mid for mid, direction, sender, kind in rows if mid and (
         (direction == "in" and sender == ticket.requester)
-        or (direction == "out" and kind in ("ack", "reply")))]
+        or (direction == "out" and kind in EDITOR_KINDS))]
     last_in = next((mid for mid, direction, sender, _k in reversed(rows)
                     if direction == "in" and sender == ticket.requester and mid), "")
     return last_in, tuple(dict.fromkeys((*ids[:1], *ids[-9:])))
@@ -203,11 +217,12 @@ def _editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ..
 
 def agent_reply(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
                 inbound: Inbound, agent: AgentInfo, text: str, now: datetime, *,
-                exclude: set[str]) -> tuple[str, ...]:
+                exclude: set[str], template: str = "reply") -> tuple[str, ...]:
     """An agent's answer from their own mail client, relayed to the requester and the
     participating editors from the desk's address (agents' own addresses stay out of
     editors' address books). Whoever the agent already wrote to directly gets no second
-    copy. ``exclude``: agents and our own addresses. Returns who it was relayed to."""
+    copy. ``exclude``: agents and our own addresses; ``template``: "handled" when the answer
+    resolves the ticket. Returns who it was relayed to."""
     s = desk.settings
     msg = add_message(session, desk, ticket, mail, inbound, "agent-reply", now)
     msg.body_text = text
@@ -218,10 +233,12 @@ def agent_reply(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
         to, cc = cc[:1], cc[1:]
     if to:
         ref = TicketRef(s.desk.ticket_prefix, ticket.number)
+        days = s.lifecycle.auto_close_working_days
         language, body = desk.renderer.render(
-            "reply", ticket.language, body=text.strip(), ref=str(ref), desk=s.desk,
-            agent_name=agent.name or s.desk.name)
-        in_reply_to, refs = _editor_thread(session, ticket)
+            template, ticket.language, body=text.strip(), ref=str(ref), desk=s.desk,
+            agent_name=agent.name or s.desk.name, name=ticket.requester_name, ticket=ticket,
+            days=days, close_on=desk.calendar.end_of_working_day(now, days).astimezone(s.tz))
+        in_reply_to, refs = editor_thread(session, ticket)
         out = Outgoing(
             from_name=f"{agent.name} ({s.desk.name})" if agent.name else s.desk.name,
             from_addr=s.desk.address, to=to, cc=cc,
@@ -232,11 +249,12 @@ def agent_reply(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
                                             a.content_type, a.payload)
                               for a in mail.attachments
                               if len(a.payload) <= s.attachments.max_size))
-        _send(session, out, "reply", ticket, inbound, body)
+        send(session, out, template, ticket, inbound, body)
     if ticket.first_response_at is None:
         ticket.first_response_at = now
+        ticket.sla_alert_at = None
     if ticket.state == State.NEW:
-        set_state(session, ticket, State.OPEN, inbound, now, by=agent.email)
+        set_state(session, desk, ticket, State.OPEN, inbound, now, by=agent.email)
     ticket.updated_at = now
     return (*to, *cc)
 
@@ -262,5 +280,5 @@ def refuse_stranger(session: Session, desk: Desk, mail: ParsedMail, inbound: Inb
         message_id=desk.ids.make(None), in_reply_to=in_reply_to, references=refs,
         auto_submitted="auto-replied", language=language, loop_marker=s.desk.address,
         date=now)
-    _send(session, out, "refusal", None, inbound, body)
+    send(session, out, "refusal", None, inbound, body)
     return True

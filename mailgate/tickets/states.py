@@ -1,4 +1,10 @@
-"""Ticket states and the transitions mail may cause."""
+"""Ticket states and the one table of transitions between them.
+
+new → open → waiting (on the editor) → resolved → closed, and back: an editor's reply puts a
+waiting or resolved ticket back to open, an agent may reopen. Who may cause which move is the
+caller's business (agents by mail or CLI, an editor's mail, the sweep); that a move exists at
+all is this table's.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +26,13 @@ def after_requester_mail(state: State) -> State:
     return state
 
 
-# Where an agent (by mail or CLI) may move a ticket from each state. Closed is final for
-# editors (their mail opens a new ticket); an agent may still reopen it.
-AGENT_MOVES: dict[State, frozenset[State]] = {
+class IllegalTransition(ValueError):
+    """A move the transition table does not have; the text says which and what is allowed."""
+
+
+# Every move a ticket can make. Closed is final for editors (their mail opens a new, linked
+# ticket); only an agent reopens it.
+MOVES: dict[State, frozenset[State]] = {
     State.NEW: frozenset({State.OPEN, State.WAITING, State.RESOLVED, State.CLOSED}),
     State.OPEN: frozenset({State.WAITING, State.RESOLVED, State.CLOSED}),
     State.WAITING: frozenset({State.OPEN, State.RESOLVED, State.CLOSED}),
@@ -32,9 +42,9 @@ AGENT_MOVES: dict[State, frozenset[State]] = {
 
 
 def refuse_move(old: State, new: State) -> str | None:
-    """None if an agent may move a ticket from ``old`` to ``new`` (staying put is allowed),
-    else the reason."""
-    if old == new or new in AGENT_MOVES[old]:
+    """None if a ticket may move from ``old`` to ``new`` (staying put is allowed), else the
+    reason, fit to be mailed back to an agent."""
+    if old == new or new in MOVES[old]:
         return None
-    allowed = ", ".join(sorted(AGENT_MOVES[old])) or "nothing"
+    allowed = ", ".join(sorted(MOVES[old])) or "nothing"
     return f"a {old} ticket cannot become {new} (from {old}: {allowed})"

@@ -1,0 +1,181 @@
+"""The ticket's clock: reminders, closing, "handled" mail and first-response alerts.
+
+Each sweep reads the rows that are due through the index of their due column, in batches,
+claims them (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer), writes the mail
+into the outbox and moves the due time in the same transaction: a mail is sent exactly once
+however often the sweep runs, on however many instances, and after a crash between sweeps
+(docs/design.md §1.5). ``mailgate tick --now`` and the daemon's scheduler run the same
+:func:`sweep`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+
+from mailgate.db.engine import transaction
+from mailgate.db.models import Attachment, Message, Site, Ticket
+from mailgate.mail.parse import ParsedAttachment, ParsedMail
+from mailgate.mail.references import TicketRef
+from mailgate.outbound.compose import Outgoing
+from mailgate.tickets import autoanswer, duetimes, notify, service
+from mailgate.tickets.completeness import missing_items
+from mailgate.tickets.desk import Desk
+from mailgate.tickets.states import State
+
+SWEEPER = "sweep"
+
+
+@dataclass
+class SweepResult:
+    closed: int = 0
+    reminded: int = 0
+    warned: int = 0
+    breached: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.closed + self.reminded + self.warned + self.breached
+
+
+def _due(session: Session, column: InstrumentedAttribute[datetime | None], now: datetime,
+         batch: int, *where: ColumnElement[bool]) -> list[Ticket]:
+    return list(session.execute(
+        select(Ticket).where(column.is_not(None), column <= now, *where)
+        .order_by(column, Ticket.id).limit(batch)
+        .with_for_update(skip_locked=True)).scalars())
+
+
+def still_missing(session: Session, ticket: Ticket) -> list[str]:
+    """What the acknowledgement asked for and no mail of the editor's has brought since."""
+    rows = list(session.execute(
+        select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in",
+                              Message.kind.in_(("request", "follow-up")))
+        .order_by(Message.id)).scalars())
+    if not rows:
+        return []
+    types = session.execute(
+        select(Attachment.content_type).where(Attachment.message_id.in_([m.id for m in rows]))
+    ).scalars()
+    text = "\n".join(m.body_text for m in rows)
+    mail = ParsedMail(message_id="", subject=ticket.subject, from_addr=ticket.requester,
+                      from_name=ticket.requester_name, to=(), cc=(), reply_to="",
+                      in_reply_to=(), references=(), text=text,
+                      attachments=tuple(ParsedAttachment("", t, b"") for t in types))
+    return missing_items(mail, site_id=ticket.site_id, name=ticket.requester_name, phone="")
+
+
+def _last_question(session: Session, ticket: Ticket) -> str:
+    return session.execute(
+        select(Message.body_text).where(Message.ticket_id == ticket.id,
+                                        Message.kind == "agent-reply")
+        .order_by(Message.id.desc()).limit(1)).scalar_one_or_none() or ""
+
+
+def to_editor(session: Session, desk: Desk, ticket: Ticket, kind: str, now: datetime,
+              **context: object) -> bool:
+    """An automatic mail of the ticket's clock to its requester, in the editor's thread and
+    language, under the loop brake that guards acknowledgements. True if sent."""
+    s = desk.settings
+    if not autoanswer.allow(session, ticket.requester, kind, now,
+                            s.access.auto_replies_per_hour, None, ticket.id):
+        return False
+    ref = TicketRef(s.desk.ticket_prefix, ticket.number)
+    language, body = desk.renderer.render(
+        kind, ticket.language, ref=str(ref), desk=s.desk, ticket=ticket,
+        name=ticket.requester_name, **context)
+    in_reply_to, refs = service.editor_thread(session, ticket)
+    out = Outgoing(
+        from_name=s.desk.name, from_addr=s.desk.address, to=(ticket.requester,),
+        subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
+        in_reply_to=in_reply_to, references=refs, auto_submitted="auto-generated",
+        language=language, loop_marker=s.desk.address, date=now)
+    service.send(session, out, kind, ticket, None, body)
+    return True
+
+
+def send_handled(session: Session, desk: Desk, ticket: Ticket, now: datetime) -> bool:
+    """The "handled" mail when a ticket is resolved with no answer text to carry it."""
+    days = desk.settings.lifecycle.auto_close_working_days
+    return to_editor(session, desk, ticket, "handled", now, body="", agent_name="",
+                     days=days, close_on=_local(desk, ticket.close_at or now))
+
+
+def _local(desk: Desk, moment: datetime) -> datetime:
+    return moment.astimezone(desk.settings.tz)
+
+
+def _close(session: Session, desk: Desk, now: datetime, batch: int, r: SweepResult) -> int:
+    rows = _due(session, Ticket.close_at, now, batch,
+                Ticket.state.in_((State.WAITING, State.RESOLVED)))
+    for t in rows:
+        was = State(t.state)
+        service.set_state(session, desk, t, State.CLOSED, None, now, by=SWEEPER)
+        if was == State.WAITING:
+            to_editor(session, desk, t, "closing", now)
+        elif desk.settings.lifecycle.notify_on_close:
+            to_editor(session, desk, t, "closed", now)
+        r.closed += 1
+    return len(rows)
+
+
+def _remind(session: Session, desk: Desk, now: datetime, batch: int, r: SweepResult) -> int:
+    rows = _due(session, Ticket.remind_at, now, batch, Ticket.state == State.WAITING)
+    lc = desk.settings.lifecycle
+    for t in rows:
+        t.reminders_sent += 1
+        to_editor(session, desk, t, "reminder", now, question=_last_question(session, t),
+                  missing=still_missing(session, t), number=t.reminders_sent,
+                  close_on=_local(desk, t.close_at or now))
+        t.remind_at = duetimes.next_reminder(desk.calendar, lc, t, now)
+        service.event(session, now, "ticket.reminder", t, None, number=t.reminders_sent,
+                      by=SWEEPER)
+        r.reminded += 1
+    return len(rows)
+
+
+def _sla(session: Session, desk: Desk, now: datetime, batch: int, r: SweepResult) -> int:
+    rows = _due(session, Ticket.sla_alert_at, now, batch)
+    s = desk.settings
+    for t in rows:
+        if t.first_response_at is not None or t.state == State.CLOSED:
+            t.sla_alert_at = None
+            continue
+        site = session.get(Site, t.site_id) if t.site_id else None
+        due = t.first_response_due or now
+        breached = now >= due
+        to = notify.recipients(session, desk, set())
+        if to:
+            _lang, body = desk.renderer.render(
+                "sla_breach" if breached else "sla_warning", s.desk.default_language,
+                marker=notify.MARKER, ref=t.ref, ticket=t, site_name=site.name if site else "",
+                due=_local(desk, due), used_percent=round(s.sla.warn_at * 100), desk=s.desk)
+            notify.send_to_agents(session, desk, t, "sla-breach" if breached else "sla-warning",
+                                  to, body, now, None)
+        service.event(session, now, "ticket.sla_breached" if breached else "ticket.sla_warned",
+                      t, None, due=due.isoformat(), to=list(to))
+        t.sla_alert_at = None if breached else due
+        if breached:
+            r.breached += 1
+        else:
+            r.warned += 1
+    return len(rows)
+
+
+STEPS = (_close, _remind, _sla)  # closing first: a ticket whose closing is due is just closed
+
+
+def sweep(sessions: sessionmaker[Session], desk: Desk, now: datetime,
+          batch: int = 500) -> SweepResult:
+    """Everything due at ``now``, each batch in its own transaction."""
+    result = SweepResult()
+    for step in STEPS:
+        while True:
+            with transaction(sessions) as session:
+                handled = step(session, desk, now, batch, result)
+            if handled < batch:
+                break
+    return result
