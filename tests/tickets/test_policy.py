@@ -147,9 +147,11 @@ def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) 
                                "#note\n#status resolved\nCache geleegd, oorzaak: deploy."))
         _settled(app, 3)
         t = DeskHarness(app).ticket("SD-1")
-        assert t.state == "resolved" and t.messages[-1].kind == "note"
-        assert t.messages[-1].body_text == "Cache geleegd, oorzaak: deploy."
-        assert len(to(EDITOR, 2)) == 2
+        assert t.state == "resolved" and [m.kind for m in t.messages][-2:] == ["note", "handled"]
+        assert t.messages[-2].body_text == "Cache geleegd, oorzaak: deploy."
+        # Resolving tells the editor (the "handled" mail), but never the internal note.
+        handled = to(EDITOR, 3)[2]
+        assert "Cache geleegd" not in handled.get_content() and AGENT not in str(handled)
     finally:
         d.stop()
 
