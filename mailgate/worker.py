@@ -64,8 +64,8 @@ def process_one(app: App, inbound_id: int) -> InboundStatus | None:
             now = app.clock.now()
             outcome = apply(Context(session, desk, row, mail, found, decision, now))
             row.status, row.ticket_id = outcome.status, outcome.ticket_id
-            row.kind, row.reason, row.trail = decision.kind, outcome.reason or decision.reason, \
-                trail
+            row.kind = outcome.kind or decision.kind
+            row.reason, row.trail = outcome.reason or decision.reason, trail
             if found.authenticity is not None:
                 row.authenticity = ("pass: " if found.authenticity.verified else "fail: ") + \
                     found.authenticity.evidence[:190]

@@ -20,7 +20,7 @@ from mailgate.tickets import access, agentwork, bounces, notify, service
 from mailgate.tickets.agentwork import Actor
 from mailgate.tickets.commands import AgentCommand, BadLine
 from mailgate.tickets.desk import Desk
-from mailgate.tickets.policy import Action, Decision, Facts
+from mailgate.tickets.policy import Action, Decision, Facts, Kind
 from mailgate.tickets.states import State
 from mailgate.tickets.text import display_text
 
@@ -47,8 +47,9 @@ class Context:
 class Outcome:
     status: InboundStatus
     ticket_id: int | None = None
-    # Replaces the decision's reason on the inbound row, where the handler learnt more.
+    # Replace the decision's reason and kind on the inbound row, where the handler learnt more.
     reason: str | None = None
+    kind: str | None = None
 
 
 Handler = Callable[[Context], Outcome]
@@ -60,7 +61,8 @@ def _refuse(c: Context, errors: list[BadLine] | tuple[BadLine, ...]) -> Outcome:
                            c.mail.subject, c.now, c.inbound)
     first = errors[0]
     return Outcome(InboundStatus.REFUSED, ticket.id if ticket else None,
-                   reason=f"agent command refused: {first.line}: {first.reason}")
+                   reason=f"agent command refused: {first.line}: {first.reason}",
+                   kind=Kind.COMMAND_REFUSED)
 
 
 def create(c: Context) -> Outcome:
@@ -82,6 +84,10 @@ def create(c: Context) -> Outcome:
     ticket = service.create_ticket(c.session, c.desk, c.mail, c.inbound, sender,
                                    c.now, linked_to=linked_to, body=body)
     if cmd is not None and c.facts.sender.agent is not None:
+        if sender.address != c.mail.from_addr:
+            service.event(c.session, c.now, "ticket.requester", ticket, c.inbound,
+                          **{"from": c.mail.from_addr, "to": sender.address,
+                             "by": c.facts.sender.agent.email})
         rest = AgentCommand(tuple(x for x in cmd.commands if x.word not in ("requester", "note")),
                             (), cmd.text)
         agentwork.apply(c.session, c.desk, ticket, rest,
