@@ -497,19 +497,12 @@ def test_forward_with_requester_makes_the_editors_ticket(desk: DeskHarness) -> N
 
 
 def test_forward_with_requester_leaves_a_requester_event(desk: DeskHarness) -> None:
-    """BUG in mailgate/tickets/apply.py, create(): FAILS until fixed (not xfailed on purpose).
-
-    #requester on an agent's forward sets the requester through create_ticket() and then
-    drops the command from what agentwork.apply() gets, so no "ticket.requester" event
-    records that the agent made the ticket the editor's (README: "Every change is an
-    event"); only ticket.created with requester=EDITOR and no "by". Expected: one
-    ticket.requester event {to: EDITOR, by: AGENT}, as #requester on an existing ticket
-    leaves (test_requester_on_a_ticket)."""
+    """#requester on an agent's forward is a change like any other: one ticket.requester
+    event {to: EDITOR, by: AGENT}, as #requester on an existing ticket leaves."""
     desk.receive(make_mail(AGENT, "Fwd: Contactformulier stuk", FORWARD))
     assert desk.ticket("SD-1").requester == EDITOR
     events = _events(desk, "SD-1", "ticket.requester")
-    assert [(e["to"], e["by"]) for e in events] == [(EDITOR, AGENT)], \
-        "BUG (apply.create): #requester on a forward leaves no ticket.requester event"
+    assert [(e["to"], e["by"]) for e in events] == [(EDITOR, AGENT)]
 
 
 def test_forward_with_an_unknown_requester_is_refused(desk: DeskHarness) -> None:
