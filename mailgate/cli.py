@@ -23,7 +23,7 @@ from mailgate.app import App
 from mailgate.clock import FixedClock, parse_iso
 from mailgate.db.engine import is_unavailable, reading, transaction
 from mailgate.db.migrate import SchemaOutdated, current_revision, head_revision, upgrade
-from mailgate.db.models import Inbound
+from mailgate.db.models import Agent, Inbound, Message, Ticket
 from mailgate.exitcodes import (
     EX_CONFIG,
     EX_DATAERR,
@@ -32,8 +32,12 @@ from mailgate.exitcodes import (
     EX_TEMPFAIL,
     EX_USAGE,
 )
+from mailgate.mail.addresses import normalize
 from mailgate.mail.references import parse_ref
-from mailgate.tickets import registry
+from mailgate.tickets import agentwork, notify, registry, service
+from mailgate.tickets.agentwork import Actor
+from mailgate.tickets.commands import parse_command
+from mailgate.tickets.desk import Desk
 
 
 class Fail(click.ClickException):
@@ -214,12 +218,15 @@ def tickets() -> None:
 
 @tickets.command("list")
 @click.option("--state", default=None, help="Only tickets in this state.")
+@click.option("--assigned", default=None, metavar="EMAIL",
+              help="Only tickets assigned to this agent.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
 @click.pass_context
-def tickets_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
+def tickets_list(ctx: click.Context, state: str | None, assigned: str | None,
+                 as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
-        rows = views.tickets(session, state)
+        rows = views.tickets(session, state, normalize(assigned) if assigned else None)
     _emit(rows, as_json, _table(views.TICKET_COLUMNS))
 
 
@@ -236,6 +243,122 @@ def tickets_show(ctx: click.Context, ref: str, as_json: bool) -> None:
             raise Fail(f"no ticket {ref}", EX_NOINPUT)
         data = views.ticket_detail(session, ticket)
     _emit(data, as_json, views.ticket_text)
+
+
+def _ticket(session: Session, app: App, ref: str) -> Ticket:
+    parsed = parse_ref(app.settings.desk.ticket_prefix, ref)
+    ticket = views.ticket_by_ref(session, str(parsed)) if parsed else None
+    if ticket is None:
+        raise Fail(f"no ticket {ref}", EX_NOINPUT)
+    return ticket
+
+
+def _agent(session: Session, email: str) -> Agent:
+    agent = views.agent_by_email(session, normalize(email))
+    if agent is None:
+        raise Fail(f"{email} is not a registered agent (see `mailgate agents list`)",
+                   EX_DATAERR)
+    return agent
+
+
+def _desk(app: App) -> Desk:
+    """The desk services, before any transaction: the first use may store the signing
+    secret in a transaction of its own."""
+    from mailgate.db.migrate import require_current
+
+    with _storage():
+        require_current(app.engine)
+        return app.desk
+
+
+# What `tickets set` shows, and the agent command each option becomes.
+_SET_OPTIONS = (("state", "status"), ("priority", "priority"), ("assign", "assign"),
+                ("site", "site"), ("link", "link"), ("requester", "requester"))
+
+
+def _shown(session: Session, t: Ticket) -> dict[str, str | None]:
+    linked = session.get(Ticket, t.linked_to_id) if t.linked_to_id else None
+    return {"state": t.state, "priority": t.priority, "assignee": t.assignee,
+            "site": t.site_id, "linked to": linked.ref if linked else None,
+            "requester": t.requester}
+
+
+@tickets.command("set")
+@click.argument("ref")
+@click.option("--state", metavar="open|waiting|resolved|closed")
+@click.option("--priority", metavar="normal|urgent")
+@click.option("--assign", metavar="EMAIL|me", help="Assign to this agent (me: --by).")
+@click.option("--site", metavar="ID", help="The ticket's 4-digit site ID.")
+@click.option("--link", metavar="REF", help="Link to this ticket.")
+@click.option("--requester", metavar="EMAIL", help="The ticket belongs to this editor.")
+@click.option("--by", metavar="EMAIL", help="The acting agent (default: cli).")
+@click.pass_context
+def tickets_set(ctx: click.Context, ref: str, state: str | None, priority: str | None,
+                assign: str | None, site: str | None, link: str | None,
+                requester: str | None, by: str | None) -> None:
+    """Change a ticket as an agent's #commands by mail do: same checks, events and mails."""
+    values = {"state": state, "priority": priority, "assign": assign, "site": site,
+              "link": link, "requester": requester}
+    given = [(opt, word, value) for opt, word in _SET_OPTIONS
+             if (value := values[opt]) is not None]
+    if not given:
+        raise Fail("give at least one of " + ", ".join(f"--{o}" for o, _w in _SET_OPTIONS),
+                   EX_USAGE)
+    if assign is not None and assign.strip().lower() == "me" and not by:
+        raise Fail("--assign me needs --by EMAIL (the agent who is me)", EX_USAGE)
+    for opt, _w, value in given:
+        if "\n" in value or "\r" in value:
+            raise Fail(f"--{opt}: one line only", EX_DATAERR)
+    cmd = parse_command("\n".join(f"#{word} {value}" for _o, word, value in given))
+    assert cmd is not None and not cmd.text
+    app = _app(ctx)
+    desk = _desk(app)
+    with _tx(app) as session:
+        ticket = _ticket(session, app, ref)
+        if by:
+            agent = _agent(session, by)
+            actor = Actor(agent.email, agent.name)
+        else:
+            actor = Actor("cli", "cli")
+        errors = agentwork.check(session, desk, ticket, cmd, actor)
+        if errors:
+            for e in errors:
+                click.echo(f"{e.line}: {e.reason}", err=True)
+            raise Fail(f"{ticket.ref} not changed", EX_DATAERR)
+        before = _shown(session, ticket)
+        agentwork.apply(session, desk, ticket, cmd, actor, app.clock.now(), None)
+        session.flush()
+        after = _shown(session, ticket)
+        name = ticket.ref
+    changes = [f"{k} {before[k] or '-'} -> {after[k] or '-'}" for k in before
+               if before[k] != after[k]]
+    click.echo(f"{name}: " + ("; ".join(changes) if changes else "nothing to change"))
+
+
+@tickets.command("note")
+@click.argument("ref")
+@click.option("--from", "from_addr", required=True, metavar="EMAIL",
+              help="The agent who writes the note.")
+@click.pass_context
+def tickets_note(ctx: click.Context, ref: str, from_addr: str) -> None:
+    """Add an internal note (text on stdin); the other agents get a copy, editors never."""
+    text = sys.stdin.buffer.read().decode("utf-8", "replace").strip()
+    if not text:
+        raise Fail("empty note on standard input", EX_DATAERR)
+    app = _app(ctx)
+    desk = _desk(app)
+    now = app.clock.now()
+    with _tx(app) as session:
+        ticket = _ticket(session, app, ref)
+        agent = _agent(session, from_addr)
+        session.add(Message(ticket_id=ticket.id, inbound_id=None, direction="in", kind="note",
+                            from_addr=agent.email, body_text=text, created_at=now))
+        service.event(session, now, "ticket.note", ticket, None, by=agent.email, via="cli")
+        ticket.updated_at = now
+        copied = notify.copy_to_agents(session, desk, ticket, "note", text, agent.name,
+                                       agent.email, now)
+        name = ticket.ref
+    click.echo(f"note added to {name}" + ("; a copy goes to the other agents" if copied else ""))
 
 
 # --- inbound, quarantine, outbox -----------------------------------------------------------

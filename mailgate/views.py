@@ -31,6 +31,7 @@ def ticket_summary(t: Ticket) -> dict[str, Any]:
         "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
         "first_response_due": iso(t.first_response_due), "close_at": iso(t.close_at),
         "linked_to": t.linked_to.ref if t.linked_to else None,
+        "assignee": t.assignee,
     }
 
 
@@ -100,15 +101,22 @@ def agent_row(a: Agent) -> dict[str, Any]:
 
 # --- queries behind the listings ---------------------------------------------------------
 
-def tickets(session: Session, state: str | None = None) -> list[dict[str, Any]]:
+def tickets(session: Session, state: str | None = None,
+            assigned: str | None = None) -> list[dict[str, Any]]:
     stmt = select(Ticket).order_by(Ticket.number)
     if state:
         stmt = stmt.where(Ticket.state == state)
+    if assigned:
+        stmt = stmt.where(Ticket.assignee == assigned)
     return [ticket_summary(t) for t in session.execute(stmt).scalars()]
 
 
 def ticket_by_ref(session: Session, ref: str) -> Ticket | None:
     return session.execute(select(Ticket).where(Ticket.ref == ref)).scalar_one_or_none()
+
+
+def agent_by_email(session: Session, email: str) -> Agent | None:
+    return session.execute(select(Agent).where(Agent.email == email)).scalar_one_or_none()
 
 
 def inbound_rows(session: Session, status: str | None = None) -> list[dict[str, Any]]:
@@ -142,7 +150,8 @@ def agents(session: Session) -> list[dict[str, Any]]:
 
 # --- text views (the human side of the same data) ----------------------------------------
 
-TICKET_COLUMNS = ["ref", "state", "site_id", "requester", "created_at", "subject"]
+TICKET_COLUMNS = ["ref", "state", "priority", "site_id", "requester", "assignee", "created_at",
+                  "subject"]
 INBOUND_COLUMNS = ["id", "received_at", "channel", "status", "ticket", "message_id", "reason"]
 OUTBOX_COLUMNS = ["id", "kind", "status", "dsn_status", "to", "attempts", "next_attempt_at",
                   "subject", "last_error"]

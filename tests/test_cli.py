@@ -198,3 +198,79 @@ def test_version_names_the_installed_package() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"mailgate, version {version('mailgate')}"
+
+
+AGENT_A, AGENT_B = "alex@desk.example", "bea@desk.example"
+
+
+def _desk_with_ticket(cli: Cli, sink: SmtpSink) -> None:
+    """SD-1 from a registered editor (acknowledged), then two agents."""
+    cli.ok("db", "upgrade")
+    cli.ok("sites", "add", "1234", "Demo site")
+    cli.ok("editors", "add", "1234", EDITOR, "--name", "Eva")
+    cli.ok("deliver", stdin=wire(make_mail(EDITOR, "Form broken")))
+    cli.ok("tick")
+    assert sink.wait_for(1)[0]["Subject"] == "[SD-1] Form broken"
+    cli.ok("agents", "add", AGENT_A, "--name", "Alex")
+    cli.ok("agents", "add", AGENT_B, "--name", "Bea")
+
+
+def test_tickets_set_applies_agent_commands_all_or_nothing(cli: Cli, sink: SmtpSink) -> None:
+    _desk_with_ticket(cli, sink)
+    bad = cli("tickets", "set", "SD-1", "--state", "waiting", "--site", "9999", "--by", AGENT_A)
+    assert bad.returncode == 65
+    assert "#site 9999: site 9999 does not exist" in bad.stderr
+    ticket = json.loads(cli.ok("tickets", "show", "SD-1", "--json"))
+    assert ticket["state"] == "new" and ticket["site_id"] == "1234"
+    assert [e["kind"] for e in ticket["events"] if e["kind"].startswith("ticket.")] == [
+        "ticket.created"]
+    assert cli("tickets", "set", "SD-1", "--assign", "me").returncode == 64
+    assert cli("tickets", "set", "SD-1", "--priority", "urgent",
+               "--by", "stranger@example.be").returncode == 65
+
+    out = cli.ok("tickets", "set", "sd-1", "--state", "waiting", "--priority", "urgent",
+                 "--assign", AGENT_B, "--by", AGENT_A)
+    assert "state new -> waiting" in out and f"assignee - -> {AGENT_B}" in out
+    cli.ok("tick")
+    assigned = sink.wait_for(2)[1]
+    assert assigned["To"] == AGENT_B and "[SD-1]" in assigned["Subject"]
+    # Without --by the actor is "cli".
+    assert f"assignee {AGENT_B} -> {AGENT_A}" in cli.ok("tickets", "set", "SD-1",
+                                                        "--assign", AGENT_A)
+    ticket = json.loads(cli.ok("tickets", "show", "SD-1", "--json"))
+    assert (ticket["state"], ticket["priority"], ticket["assignee"]) == (
+        "waiting", "urgent", AGENT_A)
+    events = [(e["kind"], e["detail"]) for e in ticket["events"]
+              if e["kind"] in ("ticket.state", "ticket.priority", "ticket.assigned")]
+    assert events == [
+        ("ticket.state", {"from": "new", "to": "waiting", "by": AGENT_A}),
+        ("ticket.priority", {"from": "normal", "to": "urgent", "by": AGENT_A}),
+        ("ticket.assigned", {"from": None, "to": AGENT_B, "by": AGENT_A}),
+        ("ticket.assigned", {"from": AGENT_B, "to": AGENT_A, "by": "cli"})]
+
+    listed = cli.ok("tickets", "list", "--assigned", AGENT_A.upper(), "--state", "waiting")
+    assert "SD-1" in listed and "urgent" in listed and AGENT_A in listed
+    assert json.loads(cli.ok("tickets", "list", "--assigned", AGENT_B, "--json")) == []
+
+
+def test_tickets_note_from_an_agent_reaches_the_other_agents_only(cli: Cli,
+                                                                  sink: SmtpSink) -> None:
+    _desk_with_ticket(cli, sink)
+    stranger = cli("tickets", "note", "SD-1", "--from", "stranger@example.be", stdin=b"hi")
+    assert stranger.returncode == 65 and "not a registered agent" in stranger.stderr
+    assert cli("tickets", "note", "SD-1", "--from", AGENT_A, stdin=b" \n").returncode == 65
+    assert "note added to SD-1" in cli.ok("tickets", "note", "SD-1", "--from", AGENT_A,
+                                          stdin=b"Belde Eva: formulier werkt weer.\n")
+    cli.ok("tick")
+    note_copy = sink.wait_for(2)[1]
+    assert note_copy["To"] == AGENT_B and "[SD-1]" in note_copy["Subject"]
+    assert "Belde Eva: formulier werkt weer." in note_copy.get_body().get_content()
+    assert [r.rcpt_tos for r in sink.handler.received] == [[EDITOR], [AGENT_B]]
+    ticket = json.loads(cli.ok("tickets", "show", "SD-1", "--json"))
+    note = ticket["messages"][-1]
+    assert (note["kind"], note["direction"], note["from"], note["inbound_id"]) == (
+        "note", "in", AGENT_A, None)
+    assert note["body"] == "Belde Eva: formulier werkt weer."
+    assert [e["detail"] for e in ticket["events"] if e["kind"] == "ticket.note"] == [
+        {"by": AGENT_A, "via": "cli"}]
+    assert ticket["state"] == "new"
