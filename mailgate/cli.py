@@ -188,6 +188,7 @@ def tick(ctx: click.Context, now: str | None) -> None:
     """Process pending mail, run due sweeps once, flush the outbox, exit."""
     from mailgate.db.migrate import require_current
     from mailgate.outbound import sender
+    from mailgate.tickets import lifecycle
     from mailgate.worker import process_pending
 
     try:
@@ -204,9 +205,12 @@ def tick(ctx: click.Context, now: str | None) -> None:
                 raise Fail("storage unavailable while processing", EX_TEMPFAIL)
             if result.processed < app.settings.worker.batch_size:
                 break
+        swept = lifecycle.sweep(app.sessions, app.desk, app.clock.now())
         flushed = sender.flush(app.sessions, app.clock, app.settings.outbound, app.transport)
-    click.echo(f"processed {processed} inbound; sent {flushed.sent}, "
-               f"retrying {flushed.retrying}, failed {flushed.failed}")
+    click.echo(f"processed {processed} inbound; swept: {swept.reminded} reminded, "
+               f"{swept.closed} closed, {swept.warned} SLA warnings, {swept.breached} "
+               f"SLA breaches; sent {flushed.sent}, retrying {flushed.retrying}, "
+               f"failed {flushed.failed}")
 
 
 # --- tickets -------------------------------------------------------------------------------

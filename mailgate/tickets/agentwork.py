@@ -73,6 +73,9 @@ def apply(session: Session, desk: Desk, ticket: Ticket, cmd: AgentCommand, actor
             service.set_state(session, desk, ticket, State(c.arg), inbound, now, by=actor.email)
             if resolving and not answered:
                 lifecycle.send_handled(session, desk, ticket, now)
+                # The editor has had the desk's answer: the first-response clock stops.
+                if ticket.first_response_at is None:
+                    ticket.first_response_at, ticket.sla_alert_at = now, None
         elif c.word == "priority" and ticket.priority != c.arg:
             service.event(session, now, "ticket.priority", ticket, inbound,
                    **{"from": ticket.priority, "to": c.arg, "by": actor.email})

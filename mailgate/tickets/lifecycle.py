@@ -126,10 +126,17 @@ def _remind(session: Session, desk: Desk, now: datetime, batch: int, r: SweepRes
     rows = _due(session, Ticket.remind_at, now, batch, Ticket.state == State.WAITING)
     lc = desk.settings.lifecycle
     for t in rows:
+        sent = to_editor(session, desk, t, "reminder", now,
+                         question=_last_question(session, t),
+                         missing=still_missing(session, t), number=t.reminders_sent + 1,
+                         close_on=_local(desk, t.close_at or now))
+        if not sent:
+            # The loop brake held it back (many tickets of one editor due at once): try
+            # again when the hour has passed, unless the closing comes first.
+            later = now + autoanswer.WINDOW
+            t.remind_at = later if t.close_at and later < t.close_at else None
+            continue
         t.reminders_sent += 1
-        to_editor(session, desk, t, "reminder", now, question=_last_question(session, t),
-                  missing=still_missing(session, t), number=t.reminders_sent,
-                  close_on=_local(desk, t.close_at or now))
         t.remind_at = duetimes.next_reminder(desk.calendar, lc, t, now)
         service.event(session, now, "ticket.reminder", t, None, number=t.reminders_sent,
                       by=SWEEPER)
@@ -141,7 +148,7 @@ def _sla(session: Session, desk: Desk, now: datetime, batch: int, r: SweepResult
     rows = _due(session, Ticket.sla_alert_at, now, batch)
     s = desk.settings
     for t in rows:
-        if t.first_response_at is not None or t.state == State.CLOSED:
+        if t.first_response_at is not None or t.state in (State.RESOLVED, State.CLOSED):
             t.sla_alert_at = None
             continue
         site = session.get(Site, t.site_id) if t.site_id else None

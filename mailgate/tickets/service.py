@@ -199,6 +199,7 @@ def participants(session: Session, ticket: Ticket, exclude: set[str]) -> list[st
 
 # What we send on the editor's side of a ticket (docs/design.md §1.7).
 EDITOR_KINDS = ("ack", "reply", "handled", "reminder", "closing", "closed")
+PERSON_KINDS = ("request", "follow-up")
 
 
 def editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...]]:
@@ -207,11 +208,13 @@ def editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...
     rows = session.execute(
         select(Message.message_id, Message.direction, Message.from_addr, Message.kind)
         .where(Message.ticket_id == ticket.id).order_by(Message.id)).all()
+    # The editor's own mails only: never thread onto their out-of-office or a bounce.
     ids = [mid for mid, direction, sender, kind in rows if mid and (
-        (direction == "in" and sender == ticket.requester)
+        (direction == "in" and sender == ticket.requester and kind in PERSON_KINDS)
         or (direction == "out" and kind in EDITOR_KINDS))]
-    last_in = next((mid for mid, direction, sender, _k in reversed(rows)
-                    if direction == "in" and sender == ticket.requester and mid), "")
+    last_in = next((mid for mid, direction, sender, kind in reversed(rows)
+                    if direction == "in" and sender == ticket.requester and mid
+                    and kind in PERSON_KINDS), "")
     return last_in, tuple(dict.fromkeys((*ids[:1], *ids[-9:])))
 
 
