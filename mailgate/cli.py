@@ -224,13 +224,16 @@ def tickets() -> None:
 @click.option("--state", default=None, help="Only tickets in this state.")
 @click.option("--assigned", default=None, metavar="EMAIL",
               help="Only tickets assigned to this agent.")
+@click.option("--overdue", is_flag=True,
+              help="Only tickets unanswered past their first-response due time.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
 @click.pass_context
-def tickets_list(ctx: click.Context, state: str | None, assigned: str | None,
+def tickets_list(ctx: click.Context, state: str | None, assigned: str | None, overdue: bool,
                  as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
-        rows = views.tickets(session, state, normalize(assigned) if assigned else None)
+        rows = views.tickets(session, app.clock.now(), state,
+                             normalize(assigned) if assigned else None, overdue)
     _emit(rows, as_json, _table(views.TICKET_COLUMNS))
 
 
@@ -245,7 +248,7 @@ def tickets_show(ctx: click.Context, ref: str, as_json: bool) -> None:
         ticket = views.ticket_by_ref(session, str(parsed)) if parsed else None
         if ticket is None:
             raise Fail(f"no ticket {ref}", EX_NOINPUT)
-        data = views.ticket_detail(session, ticket)
+        data = views.ticket_detail(session, ticket, app.clock.now())
     _emit(data, as_json, views.ticket_text)
 
 

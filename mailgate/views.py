@@ -24,7 +24,19 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def ticket_summary(t: Ticket) -> dict[str, Any]:
+def sla(t: Ticket, now: datetime) -> str:
+    """The first-response promise: "met", "breached", or "running" (not answered, not due)."""
+    due = t.first_response_due
+    if due is None:
+        return "met"
+    if t.first_response_at is not None:
+        return "met" if t.first_response_at <= due else "breached"
+    if t.state == "closed":
+        return "met" if (t.closed_at or now) <= due else "breached"
+    return "breached" if now > due else "running"
+
+
+def ticket_summary(t: Ticket, now: datetime) -> dict[str, Any]:
     return {
         "ref": t.ref, "state": t.state, "priority": t.priority, "kind": t.kind,
         "site_id": t.site_id, "requester": t.requester, "subject": t.subject,
@@ -32,16 +44,19 @@ def ticket_summary(t: Ticket) -> dict[str, Any]:
         "first_response_due": iso(t.first_response_due), "close_at": iso(t.close_at),
         "linked_to": t.linked_to.ref if t.linked_to else None,
         "assignee": t.assignee,
+        "first_response_at": iso(t.first_response_at), "sla": sla(t, now),
+        "remind_at": iso(t.remind_at),
     }
 
 
-def ticket_detail(session: Session, t: Ticket) -> dict[str, Any]:
-    out = ticket_summary(t)
+def ticket_detail(session: Session, t: Ticket, now: datetime) -> dict[str, Any]:
+    out = ticket_summary(t, now)
+    out["linked_from"] = list(session.execute(
+        select(Ticket.ref).where(Ticket.linked_to_id == t.id).order_by(Ticket.number)).scalars())
     out["requester_name"] = t.requester_name
     flag = session.get(BouncingAddress, t.requester)
     out["requester_bouncing"] = ({"since": iso(flag.first_at), "count": flag.count,
                                   "status": flag.last_status} if flag else None)
-    out["first_response_at"] = iso(t.first_response_at)
     out["language"] = t.language
     out["messages"] = [{
         "direction": m.direction, "kind": m.kind, "from": m.from_addr,
@@ -101,14 +116,18 @@ def agent_row(a: Agent) -> dict[str, Any]:
 
 # --- queries behind the listings ---------------------------------------------------------
 
-def tickets(session: Session, state: str | None = None,
-            assigned: str | None = None) -> list[dict[str, Any]]:
+def tickets(session: Session, now: datetime, state: str | None = None,
+            assigned: str | None = None, overdue: bool = False) -> list[dict[str, Any]]:
     stmt = select(Ticket).order_by(Ticket.number)
     if state:
         stmt = stmt.where(Ticket.state == state)
     if assigned:
         stmt = stmt.where(Ticket.assignee == assigned)
-    return [ticket_summary(t) for t in session.execute(stmt).scalars()]
+    if overdue:
+        # Unanswered past the first-response due time, and still open to an answer.
+        stmt = stmt.where(Ticket.first_response_at.is_(None), Ticket.first_response_due < now,
+                          Ticket.state.not_in(("resolved", "closed")))
+    return [ticket_summary(t, now) for t in session.execute(stmt).scalars()]
 
 
 def ticket_by_ref(session: Session, ref: str) -> Ticket | None:
@@ -187,8 +206,15 @@ def ticket_text(t: dict[str, Any]) -> str:
              f"site {t['site_id'] or '-'}",
              f"  requester {t['requester_name']} <{t['requester']}>",
              f"  created {t['created_at']}  first response due {t['first_response_due']}"]
+    lines.append(f"  first response {t['first_response_at'] or '-'} (SLA {t['sla']})"
+                 + (f"  assigned to {t['assignee']}" if t["assignee"] else ""))
+    if t["close_at"]:
+        lines.append(f"  closes {t['close_at']}"
+                     + (f"  next reminder {t['remind_at']}" if t["remind_at"] else ""))
     if t["linked_to"]:
         lines.append(f"  linked to {t['linked_to']}")
+    if t["linked_from"]:
+        lines.append(f"  linked from {', '.join(t['linked_from'])}")
     if t["requester_bouncing"]:
         b = t["requester_bouncing"]
         lines.append(f"  WARNING: mail to {t['requester']} bounces (status {b['status']}, "

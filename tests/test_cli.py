@@ -275,3 +275,58 @@ def test_tickets_note_from_an_agent_reaches_the_other_agents_only(cli: Cli,
     assert [e["detail"] for e in ticket["events"] if e["kind"] == "ticket.note"] == [
         {"by": AGENT_A, "via": "cli"}]
     assert ticket["state"] == "new"
+
+
+def test_tick_now_walks_a_waiting_ticket_to_its_closing(cli: Cli, sink: SmtpSink) -> None:
+    """The clock as ops drive it: `tick --now` processes, sweeps and sends, as of that time."""
+    agent = "alex@desk.example"
+    cli.ok("db", "upgrade")
+    cli.ok("sites", "add", "1234", "Demo site")
+    cli.ok("editors", "add", "1234", EDITOR, "--name", "Eva")
+    cli.ok("agents", "add", agent, "--name", "Alex")
+    cli.ok("deliver", stdin=wire(make_mail(EDITOR, "Menu weg")))
+    cli.ok("tick", "--now", "2026-12-17T09:00:00Z")  # Thursday
+    _ack, notice = sink.wait_for(2)
+    assert notice["To"] == agent
+    question = make_mail(agent, f"Re: {notice['Subject']}", "#wait\nWelke pagina precies?",
+                         headers={"In-Reply-To": notice["Message-ID"]})
+    cli.ok("deliver", stdin=wire(question))
+    cli.ok("tick", "--now", "2026-12-17T10:00:00Z")
+    shown = json.loads(cli.ok("tickets", "show", "SD-1", "--json"))
+    assert shown["state"] == "waiting" and shown["sla"] == "met"
+    # End of working day 2 (Monday), of day 4 (Wednesday); closing at the end of day 5.
+    assert shown["remind_at"] == "2026-12-21T16:00:00Z"
+    assert shown["close_at"] == "2026-12-24T16:00:00Z"
+    sent = len(sink.wait_for(3))
+    for now, reminded, closed in [("2026-12-21T15:59:00Z", 0, 0), ("2026-12-21T16:01:00Z", 1, 0),
+                                  ("2026-12-21T18:00:00Z", 0, 0), ("2026-12-23T16:01:00Z", 1, 0),
+                                  ("2026-12-24T16:01:00Z", 0, 1)]:
+        out = cli.ok("tick", "--now", now)
+        assert f"swept: {reminded} reminded, {closed} closed" in out, (now, out)
+        sent += reminded + closed
+        assert len(sink.wait_for(sent)) == sent
+    *_, first, second, closing = sink.wait_for(sent)
+    assert {m["To"] for m in (first, second, closing)} == {EDITOR}
+    assert "Welke pagina precies?" in first.get_content()
+    assert json.loads(cli.ok("tickets", "show", "SD-1", "--json"))["state"] == "closed"
+    # A late reply opens a new ticket linked to the closed one, both ways in the JSON.
+    cli.ok("deliver", stdin=wire(make_mail(EDITOR, "Re: [SD-1] Menu weg", "Pagina /contact.",
+                                           headers={"In-Reply-To": closing["Message-ID"]})))
+    cli.ok("tick", "--now", "2026-12-28T09:00:00Z")
+    assert json.loads(cli.ok("tickets", "show", "SD-2", "--json"))["linked_to"] == "SD-1"
+    assert json.loads(cli.ok("tickets", "show", "SD-1", "--json"))["linked_from"] == ["SD-2"]
+
+
+def test_overdue_lists_unanswered_tickets_past_their_due_time(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("sites", "add", "1234", "Demo site")
+    cli.ok("editors", "add", "1234", EDITOR, "--name", "Eva")
+    cli.ok("deliver", stdin=wire(make_mail(EDITOR, "Oud en vergeten")))
+    cli.ok("tick", "--now", "2020-01-06T09:00:00Z")  # long before today
+    cli.ok("deliver", stdin=wire(make_mail(EDITOR, "Nog te vroeg")))
+    cli.ok("tick", "--now", "2099-01-05T09:00:00Z")  # its due time is still to come
+    overdue = json.loads(cli.ok("tickets", "list", "--overdue", "--json"))
+    assert [(t["ref"], t["sla"], t["first_response_at"]) for t in overdue] == [
+        ("SD-1", "breached", None)]
+    everything = json.loads(cli.ok("tickets", "list", "--json"))
+    assert [t["sla"] for t in everything] == ["breached", "running"]
