@@ -679,6 +679,26 @@ def test_concurrent_sweeps_send_each_reminder_exactly_once(desk: DeskHarness) ->
     assert len(_rows(desk, "reminder")) == n
 
 
+def test_a_reminder_held_by_the_loop_brake_goes_an_hour_later(desk: DeskHarness) -> None:
+    """Seven waiting tickets of one editor fall due at once: the brake (5 an hour) lets five
+    reminders through; the other two are not lost but sent when the hour has passed."""
+    app = desk.app
+    limit = app.settings.access.auto_replies_per_hour
+    _make_waiting(app, limit + 2, at(2026, 12, 17, 10, 0), at(2026, 12, 21, 17, 0),
+                  at(2026, 12, 24, 17, 0))
+    with transaction(app.sessions) as s:
+        for t in s.execute(select(Ticket).where(Ticket.number >= 1000)).scalars():
+            t.requester = EDITOR
+    first = sweep(desk, at(2026, 12, 21, 17, 5))
+    assert first.reminded == limit and len(_rows(desk, "reminder")) == limit
+    assert sweep(desk, at(2026, 12, 21, 17, 30)).reminded == 0
+    later = sweep(desk, at(2026, 12, 21, 18, 6))
+    assert later.reminded == 2 and len(_rows(desk, "reminder")) == limit + 2
+    with app.sessions() as s:
+        sent = s.execute(select(Ticket.reminders_sent).where(Ticket.number >= 1000)).all()
+    assert {n for (n,) in sent} == {1}
+
+
 # --- 8. an impossible move is refused, with the reason, by mail ----------------------------
 
 
