@@ -67,9 +67,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import InstrumentedAttribute
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/sweep.py` as well as `python -m bench.sweep`
@@ -81,7 +80,12 @@ from mailgate.db.engine import core_transaction, transaction  # noqa: E402
 from mailgate.db.migrate import upgrade  # noqa: E402
 from mailgate.db.models import Counter, Message, Ticket  # noqa: E402
 from mailgate.tickets import registry  # noqa: E402
-from mailgate.tickets.lifecycle import SweepResult, _due, sweep  # noqa: E402
+from mailgate.tickets.lifecycle import (  # noqa: E402
+    DUE_COLUMNS,
+    SweepResult,
+    due_query,
+    sweep,
+)
 from mailgate.tickets.states import State  # noqa: E402
 from tests.support.pgschema import private_schema  # noqa: E402
 
@@ -247,27 +251,14 @@ def arm(app: App, at: datetime, limit: int | None = None) -> None:
 
 # --- the plans --------------------------------------------------------------------------------
 
-DueQuery = tuple[InstrumentedAttribute[datetime | None], list[ColumnElement[bool]]]
-
-# The due selects of lifecycle's steps, as lifecycle._due is called: column, extra conditions.
-DUE_QUERIES: dict[str, DueQuery] = {
-    "close_at": (Ticket.close_at, [Ticket.state.in_((State.WAITING, State.RESOLVED))]),
-    "remind_at": (Ticket.remind_at, [Ticket.state == State.WAITING]),
-    "sla_alert_at": (Ticket.sla_alert_at, []),
-}
-
-
 def explain(app: App, now: datetime) -> list[str]:
     """The plans of the sweep's three due queries (the select of lifecycle._due)."""
     dialect = app.engine.dialect
     pg = dialect.name == "postgresql"
     lines = []
     with app.engine.connect() as conn:
-        for name, (column, where) in DUE_QUERIES.items():
-            stmt = (select(Ticket).where(column.is_not(None), column <= now, *where)
-                    .order_by(column, Ticket.id).limit(BATCH))
-            if pg:
-                stmt = stmt.with_for_update(skip_locked=True)
+        for name, column in DUE_COLUMNS.items():
+            stmt = due_query(column, now, BATCH)
             compiled = stmt.compile(dialect=dialect,
                                     compile_kwargs={"render_postcompile": True})
             params = {k: (column.type.process_bind_param(v, dialect)
@@ -312,12 +303,12 @@ def count(app: App, table: object) -> int:
 def due_selects(app: App, now: datetime, reps: int = 20) -> dict[str, float]:
     """Median seconds of each step's due select alone (lifecycle._due, rolled back)."""
     medians = {}
-    for name, (column, where) in DUE_QUERIES.items():
+    for name, column in DUE_COLUMNS.items():
         times = []
         for _ in range(reps):
             with app.sessions() as session:
                 started = time.perf_counter()
-                _due(session, column, now, BATCH, *where)
+                session.execute(due_query(column, now, BATCH)).all()
                 times.append(time.perf_counter() - started)
         medians[name] = statistics.median(times)
     return medians

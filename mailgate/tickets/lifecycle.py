@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from mailgate.db.engine import transaction
@@ -41,15 +41,23 @@ class SweepResult:
         return self.closed + self.reminded + self.warned + self.breached
 
 
+DUE_COLUMNS: dict[str, InstrumentedAttribute[datetime | None]] = {
+    "close_at": Ticket.close_at, "remind_at": Ticket.remind_at,
+    "sla_alert_at": Ticket.sla_alert_at}
+
+
+def due_query(column: InstrumentedAttribute[datetime | None], now: datetime,
+              batch: int) -> Select[Ticket]:
+    """The rows due in ``column``, claimed. Only the due column in the WHERE: it is set only
+    in the states it belongs to (duetimes.entered), and a state filter here made SQLite's
+    planner walk the state index — every waiting ticket — instead of the due rows."""
+    return (select(Ticket).where(column.is_not(None), column <= now)
+            .order_by(column, Ticket.id).limit(batch).with_for_update(skip_locked=True))
+
+
 def _due(session: Session, column: InstrumentedAttribute[datetime | None], now: datetime,
          batch: int) -> list[Ticket]:
-    # Only the due column in the WHERE: a due column is set only in the states it belongs
-    # to (duetimes.entered), and a state filter here makes SQLite's planner walk the state
-    # index — every waiting ticket — instead of the due rows (bench/sweep.py).
-    return list(session.execute(
-        select(Ticket).where(column.is_not(None), column <= now)
-        .order_by(column, Ticket.id).limit(batch)
-        .with_for_update(skip_locked=True)).scalars())
+    return list(session.execute(due_query(column, now, batch)).scalars())
 
 
 def still_missing(session: Session, ticket: Ticket) -> list[str]:
