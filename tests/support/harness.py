@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import select
 
 from mailgate.app import App
 from mailgate.db.engine import transaction
-from mailgate.db.models import Inbound, Outbox, Ticket
+from mailgate.db.models import Event, Inbound, Outbox, Ticket
 from mailgate.inbound.store import store_raw
 from mailgate.tickets.notify import AGENT_KINDS
 from mailgate.worker import process_one
@@ -64,6 +64,14 @@ class DeskHarness:
                 _ = list(m.attachments)
             s.expunge_all()
             return t
+
+    def events(self, ref: str, kind: str) -> list[dict[str, Any]]:
+        """The details of the ticket's events of one kind, in order."""
+        with self.app.sessions() as s:
+            t = s.execute(select(Ticket).where(Ticket.ref == ref)).scalar_one()
+            return [e.detail for e in s.execute(
+                select(Event).where(Event.ticket_id == t.id, Event.kind == kind)
+                .order_by(Event.id)).scalars()]
 
     def tickets(self) -> list[str]:
         with self.app.sessions() as s:

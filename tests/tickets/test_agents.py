@@ -19,7 +19,7 @@ from sqlalchemy import select
 from mailgate.app import App
 from mailgate.db.engine import transaction
 from mailgate.db.migrate import upgrade
-from mailgate.db.models import BouncingAddress, Event, Inbound, Outbox, Ticket
+from mailgate.db.models import BouncingAddress, Event, Inbound, Outbox
 from mailgate.tickets import registry
 from mailgate.tickets.notify import AGENT_KINDS, MARKER
 from tests.support.desk import DESK, EDITOR, RunningDaemon, SettingsFactory, register_demo
@@ -75,14 +75,6 @@ def _editor_rows(desk: DeskHarness) -> list[Outbox]:
     """Every row of the editors' side (acknowledgement, relayed answers, "handled" mail,
     whatever the lifecycle adds): the raw bytes an editor would get."""
     return [r for r in desk.outbox_rows() if r.kind not in AGENT_KINDS]
-
-
-def _events(desk: DeskHarness, ref: str, kind: str) -> list[dict[str, Any]]:
-    with desk.app.sessions() as s:
-        t = s.execute(select(Ticket).where(Ticket.ref == ref)).scalar_one()
-        return [e.detail for e in s.execute(
-            select(Event).where(Event.ticket_id == t.id, Event.kind == kind)
-            .order_by(Event.id)).scalars()]
 
 
 def _leaks(raw: bytes, addresses: tuple[str, ...] = (AGENT, BEA)) -> list[str]:
@@ -368,7 +360,7 @@ def test_state_commands(desk: DeskHarness, line: str, before: str, after: str) -
     row = desk.receive(_answer(notice, line))
     assert (row.status, row.kind) == ("ticket", "agent-command"), row.reason
     assert desk.ticket("SD-1").state == after
-    [event] = _events(desk, "SD-1", "ticket.state")
+    [event] = desk.events("SD-1", "ticket.state")
     assert (event["from"], event["to"], event["by"]) == (before, after, AGENT)
     assert _rows(desk, "reply") == [], "a command alone relays no answer"
     # (#resolve may tell the editor the ticket is handled: never with an agent's address.)
@@ -394,14 +386,14 @@ def test_command_with_an_answer_applies_and_relays(desk: DeskHarness) -> None:
     body = _body(reply)
     assert "Het menu staat terug online." in body and "#resolve" not in body
     assert "#priority" not in body
-    assert [e["to"] for e in _events(desk, "SD-1", "ticket.state")] == ["open", "resolved"]
+    assert [e["to"] for e in desk.events("SD-1", "ticket.state")] == ["open", "resolved"]
 
 
 def test_priority(desk: DeskHarness) -> None:
     _ack, notice = _new_ticket(desk)
     desk.receive(_answer(notice, "#priority urgent"))
     assert desk.ticket("SD-1").priority == "urgent"
-    [event] = _events(desk, "SD-1", "ticket.priority")
+    [event] = desk.events("SD-1", "ticket.priority")
     assert (event["from"], event["to"], event["by"]) == ("normal", "urgent", AGENT)
 
 
@@ -411,7 +403,7 @@ def test_assign_to_another_agent_tells_the_assignee(desk: DeskHarness) -> None:
     before = len(desk.outbox(agents=True))
     desk.receive(_answer(notice, f"#assign {BEA}"))
     assert desk.ticket("SD-1").assignee == BEA
-    [event] = _events(desk, "SD-1", "ticket.assigned")
+    [event] = desk.events("SD-1", "ticket.assigned")
     assert (event["from"], event["to"], event["by"]) == (None, BEA, AGENT)
     [told] = desk.outbox(agents=True)[before:]
     assert told["To"] == BEA and told["Reply-To"] == DESK
@@ -428,7 +420,7 @@ def test_assign_me(desk: DeskHarness) -> None:
     before = len(desk.outbox_rows())
     desk.receive(_answer(notice, "#assign me"))
     assert desk.ticket("SD-1").assignee == AGENT
-    [event] = _events(desk, "SD-1", "ticket.assigned")
+    [event] = desk.events("SD-1", "ticket.assigned")
     assert (event["to"], event["by"]) == (AGENT, AGENT)
     assert len(desk.outbox_rows()) == before, "nobody is told what they did themselves"
 
@@ -437,7 +429,7 @@ def test_site(desk: DeskHarness) -> None:
     _ack, notice = _new_ticket(desk)
     desk.receive(_answer(notice, "#site 5678"))
     assert desk.ticket("SD-1").site_id == "5678"
-    [event] = _events(desk, "SD-1", "ticket.site")
+    [event] = desk.events("SD-1", "ticket.site")
     assert (event["from"], event["to"], event["by"]) == ("1234", "5678", AGENT)
 
 
@@ -447,7 +439,7 @@ def test_link(desk: DeskHarness) -> None:
     assert desk.tickets() == ["SD-1", "SD-2"]
     desk.receive(_answer(notice, "#link SD-2"))
     assert desk.ticket("SD-1").linked_to_id == desk.ticket("SD-2").id
-    [event] = _events(desk, "SD-1", "ticket.linked")
+    [event] = desk.events("SD-1", "ticket.linked")
     assert (event["to"], event["by"]) == ("SD-2", AGENT)
 
 
@@ -456,7 +448,7 @@ def test_requester_on_a_ticket(desk: DeskHarness) -> None:
     desk.receive(_answer(notice, f"#requester {OTHER_EDITOR}"))
     t = desk.ticket("SD-1")
     assert t.requester == OTHER_EDITOR and t.requester_name == "Olivier"
-    [event] = _events(desk, "SD-1", "ticket.requester")
+    [event] = desk.events("SD-1", "ticket.requester")
     assert (event["from"], event["to"], event["by"]) == (EDITOR, OTHER_EDITOR, AGENT)
 
 
@@ -492,7 +484,7 @@ def test_forward_with_requester_makes_the_editors_ticket(desk: DeskHarness) -> N
                                                           len(PNG))
     assert att.sha256 == hashlib.sha256(PNG).hexdigest()
     assert desk.to(AGENT) == [], "the forwarding agent is not notified of their own mail"
-    [created] = _events(desk, "SD-1", "ticket.created")
+    [created] = desk.events("SD-1", "ticket.created")
     assert created["requester"] == EDITOR
 
 
@@ -501,7 +493,7 @@ def test_forward_with_requester_leaves_a_requester_event(desk: DeskHarness) -> N
     event {to: EDITOR, by: AGENT}, as #requester on an existing ticket leaves."""
     desk.receive(make_mail(AGENT, "Fwd: Contactformulier stuk", FORWARD))
     assert desk.ticket("SD-1").requester == EDITOR
-    events = _events(desk, "SD-1", "ticket.requester")
+    events = desk.events("SD-1", "ticket.requester")
     assert [(e["to"], e["by"]) for e in events] == [(EDITOR, AGENT)]
 
 
@@ -613,7 +605,7 @@ def test_command_from_an_editor_is_a_plain_follow_up(desk: DeskHarness) -> None:
     assert t.state == "new"
     assert t.messages[-1].kind == "follow-up"
     assert "#status closed" in t.messages[-1].body_text and "Dank u" in t.messages[-1].body_text
-    assert _events(desk, "SD-1", "ticket.state") == []
+    assert desk.events("SD-1", "ticket.state") == []
     assert _rows(desk, "command-refused") == []
     assert "#status closed" in _body(desk.outbox(agents=True)[-1])
 

@@ -106,14 +106,6 @@ def _body(msg: EmailMessage) -> str:
     return cast(str, cast(EmailMessage, part).get_content())
 
 
-def _events(desk: DeskHarness, ref: str, kind: str) -> list[dict[str, Any]]:
-    with desk.app.sessions() as s:
-        t = s.execute(select(Ticket).where(Ticket.ref == ref)).scalar_one()
-        return [e.detail for e in s.execute(
-            select(Event).where(Event.ticket_id == t.id, Event.kind == kind)
-            .order_by(Event.id)).scalars()]
-
-
 def _refs(msg: EmailMessage) -> list[str]:
     return str(msg["References"] or "").split()
 
@@ -255,7 +247,7 @@ def test_reminders_then_closing_each_sent_exactly_once(desk: DeskHarness) -> Non
     assert _body(second) != _body(first)  # "we already reminded you"
     t = desk.ticket("SD-1")
     assert (t.reminders_sent, t.remind_at) == (2, None)
-    assert [e["number"] for e in _events(desk, "SD-1", "ticket.reminder")] == [1, 2]
+    assert [e["number"] for e in desk.events("SD-1", "ticket.reminder")] == [1, 2]
 
     # Day 5 before closing time: nothing; after it: closed, with one "closing" mail.
     assert sweep(desk, at(2026, 12, 24, 16, 59)).total == 0
@@ -270,7 +262,7 @@ def test_reminders_then_closing_each_sent_exactly_once(desk: DeskHarness) -> Non
     assert t.state == "closed"
     assert t.closed_at == at(2026, 12, 24, 17, 1)
     assert (t.remind_at, t.close_at) == (None, None)
-    [event] = [e for e in _events(desk, "SD-1", "ticket.state") if e["to"] == "closed"]
+    [event] = [e for e in desk.events("SD-1", "ticket.state") if e["to"] == "closed"]
     assert (event["from"], event["by"]) == ("waiting", "sweep")
 
     # Later sweeps: nothing at all.
@@ -558,8 +550,8 @@ def test_first_response_warning_then_breach_each_once(desk: DeskHarness) -> None
     assert _sla_rows(desk) == ["sla-warning", "sla-breach"]
     assert [r.kind for r in desk.outbox_rows() if r.kind not in AGENT_KINDS] == ["ack"], \
         "the editor hears nothing of it"
-    assert len(_events(desk, "SD-1", "ticket.sla_warned")) == 1
-    assert len(_events(desk, "SD-1", "ticket.sla_breached")) == 1
+    assert len(desk.events("SD-1", "ticket.sla_warned")) == 1
+    assert len(desk.events("SD-1", "ticket.sla_breached")) == 1
 
 
 def test_an_answer_before_the_warning_means_no_alert_ever(desk: DeskHarness) -> None:
@@ -709,7 +701,7 @@ def test_closed_ticket_cannot_be_set_waiting(desk: DeskHarness) -> None:
     before = desk.ticket("SD-1")
     assert before.state == "closed" and before.closed_at == at(2026, 12, 14, 9, 30)
     editor_before = len(desk.outbox())
-    states_before = len(_events(desk, "SD-1", "ticket.state"))
+    states_before = len(desk.events("SD-1", "ticket.state"))
 
     row = _agent(desk, notice, "#status waiting\nWelke pagina?", at(2026, 12, 14, 10, 0))
     assert row.status == "refused", row.reason
@@ -725,7 +717,7 @@ def test_closed_ticket_cannot_be_set_waiting(desk: DeskHarness) -> None:
     for field in ("state", "closed_at", "remind_at", "close_at", "waiting_since",
                   "updated_at", "first_response_at"):
         assert getattr(after, field) == getattr(before, field), field
-    assert len(_events(desk, "SD-1", "ticket.state")) == states_before
+    assert len(desk.events("SD-1", "ticket.state")) == states_before
     assert len(desk.outbox()) == editor_before, "nothing reaches the editor"
     # And the clock has nothing to do for it.
     assert sweep(desk, at(2027, 1, 15, 12, 0)).total == 0
