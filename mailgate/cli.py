@@ -24,6 +24,7 @@ from mailgate.clock import FixedClock, parse_iso
 from mailgate.db.engine import is_unavailable, reading, transaction
 from mailgate.db.migrate import SchemaOutdated, current_revision, head_revision, upgrade
 from mailgate.db.models import Agent, Inbound, Message, Ticket
+from mailgate.db.status import InboundStatus
 from mailgate.exitcodes import (
     EX_CONFIG,
     EX_DATAERR,
@@ -419,7 +420,8 @@ def quarantine() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
 @click.pass_context
 def quarantine_list(ctx: click.Context, as_json: bool) -> None:
-    _emit(_inbound_rows(_app(ctx), "quarantined"), as_json, _table(views.INBOUND_COLUMNS))
+    _emit(_inbound_rows(_app(ctx), InboundStatus.QUARANTINED), as_json,
+          _table(views.INBOUND_COLUMNS))
 
 
 @quarantine.command("show")

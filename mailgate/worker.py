@@ -113,7 +113,8 @@ def quarantine(app: App, inbound_id: int, reason: str, detail: str = "") -> None
         now = app.clock.now()
         row.status, row.reason, row.processed_at = InboundStatus.QUARANTINED, reason[:2000], now
         row.attempts += 1
-        row.trail = [*(row.trail or []), {"rule": "quarantine", "result": "quarantined",
+        row.trail = [*(row.trail or []), {"rule": "quarantine",
+                                          "result": InboundStatus.QUARANTINED,
                                           "reason": reason[:2000]}]
         session.add(Event(at=now, kind="inbound.quarantined", inbound_id=inbound_id,
                           detail={"reason": reason[:2000], "detail": detail[:4000]}))
@@ -159,7 +160,7 @@ def replay(session: Session, clock: Clock, inbound_id: int | None = None) -> int
     now = clock.now()
     for row in rows:
         row.status, row.reason = InboundStatus.PENDING, ""
-        row.trail = [*(row.trail or []), {"rule": "replay", "result": "pending",
+        row.trail = [*(row.trail or []), {"rule": "replay", "result": InboundStatus.PENDING,
                                           "reason": f"replayed at {now.isoformat()}"}]
         session.add(Event(at=now, kind="inbound.replayed", inbound_id=row.id, detail={}))
     return len(rows)
