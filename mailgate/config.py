@@ -141,6 +141,9 @@ class LifecycleSettings:
 class AccessSettings:
     unknown_senders: str = "refuse"
     auto_replies_per_hour: int = 5
+    # Acknowledgements to registered editors: a ceiling no person reaches.
+    acks_per_hour: int = 60
+    complaints_from_strangers: bool = True
     require_authentication: bool = False
     authserv_id: str = ""
 
@@ -343,6 +346,8 @@ def _validate(s: Settings) -> None:
            'must be "refuse" or "accept"')
     _check(s.access.auto_replies_per_hour >= 0, "access.auto_replies_per_hour",
            "must be 0 or more")
+    _check(s.access.acks_per_hour >= s.access.auto_replies_per_hour, "access.acks_per_hour",
+           "must be at least access.auto_replies_per_hour")
     if s.access.require_authentication:
         _check(bool(s.access.authserv_id), "access.authserv_id",
                "is required when access.require_authentication = true")

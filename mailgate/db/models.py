@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -126,6 +127,7 @@ class Ticket(Base):
         Index("ix_ticket_close_at", "close_at"),
         Index("ix_ticket_assignee", "assignee"),
         Index("ix_ticket_sla_alert_at", "sla_alert_at"),
+        Index("ix_ticket_priority", "priority"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -155,6 +157,13 @@ class Ticket(Base):
     # Next first-response alert to the agents: the warning, then the breach, then nothing.
     sla_alert_at: Mapped[datetime | None] = mapped_column(default=None)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What the request holds (mail/extract.py), kept up to date by the editor's follow-ups,
+    # and what it still lacks (the keys the acknowledgement and reminders ask for).
+    urls: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
+    phone: Mapped[str] = mapped_column(String(50), default="", server_default="")
+    contact_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    has_error_message: Mapped[bool] = mapped_column(default=False, server_default=false())
+    missing: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id")
@@ -289,6 +298,8 @@ class AutoAnswer(Base):
     at: Mapped[datetime]
     kind: Mapped[str] = mapped_column(String(30))
     suppressed: Mapped[bool] = mapped_column(default=False)
+    # Digest of the text answered: the same text again and again is a loop, not a person.
+    digest: Mapped[str] = mapped_column(String(64), default="", server_default="")
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"))
 
 

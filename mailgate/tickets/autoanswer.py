@@ -1,33 +1,69 @@
-"""The loop brake: at most N automatic mails per address per hour (RFC 3834 §2 asks
-responders to limit their answers; Zammad does the same per recipient).
+"""The loop brake on automatic mail (RFC 3834 §2 asks responders to limit their answers;
+Zammad does the same per recipient).
 
-Every automatic mail, sent or suppressed, leaves a row, so `inbound show` and agents can
-see why an editor got no acknowledgement."""
+The brake sits where loops live, and never costs a real user their ticket number:
+- a registered editor's acknowledgements have a ceiling no person reaches
+  (``[access] acks_per_hour``, 60): twenty requests after a weekend get twenty numbers;
+- everything else automatic — refusals to strangers, the clock's reminders, answers to an
+  address whose mail bounces — keeps the tight limit (``auto_replies_per_hour``, 5);
+- the same text from the same address, again and again, is a machine answering us: after
+  :data:`SAME_TEXT_PER_HOUR` answers to it in an hour, no more, whatever the ceiling.
+
+Every automatic mail, sent or suppressed, leaves a row, so `inbound show` and agents can see
+why an editor got no acknowledgement.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import AutoAnswer, Event
+from mailgate.db.models import AutoAnswer, BouncingAddress, Event
 
 WINDOW = timedelta(hours=1)
+SAME_TEXT_PER_HOUR = 3
+# A flagged address counts as bouncing this long after its last bounce.
+BOUNCE_MEMORY = timedelta(days=7)
+
+
+def text_digest(subject: str, text: str) -> str:
+    """What stays the same when a machine answers us again: the words, without numbers
+    (counters, dates), reply prefixes or spacing."""
+    def norm(value: str) -> str:
+        return re.sub(r"\s+", " ", re.sub(r"\d+", "#", value)).strip().lower()
+    subject = re.sub(r"^\s*((re|aw|antw|tr|fwd?|wg)\s*:\s*)+", "", subject, flags=re.I)
+    return hashlib.sha256(f"{norm(subject)}\n{norm(text)}".encode()).hexdigest()
+
+
+def bouncing(session: Session, address: str, now: datetime) -> bool:
+    flag = session.get(BouncingAddress, address)
+    return flag is not None and flag.last_at > now - BOUNCE_MEMORY
 
 
 def allow(session: Session, address: str, kind: str, now: datetime, per_hour: int,
-          inbound_id: int | None, ticket_id: int | None = None) -> bool:
+          inbound_id: int | None, ticket_id: int | None = None, *, digest: str = "") -> bool:
+    """True if this automatic mail may go; records it either way."""
+    since = now - WINDOW
     sent = session.execute(
         select(func.count()).select_from(AutoAnswer).where(
-            AutoAnswer.address == address, AutoAnswer.at > now - WINDOW,
+            AutoAnswer.address == address, AutoAnswer.at > since,
             AutoAnswer.suppressed.is_(False))).scalar_one()
-    ok = sent < per_hour
-    session.add(AutoAnswer(address=address, at=now, kind=kind, suppressed=not ok,
-                           inbound_id=inbound_id))
-    if not ok:
+    reason = f"{per_hour} automatic mails an hour reached" if sent >= per_hour else ""
+    if not reason and digest:
+        same = session.execute(
+            select(func.count()).select_from(AutoAnswer).where(
+                AutoAnswer.address == address, AutoAnswer.at > since,
+                AutoAnswer.digest == digest, AutoAnswer.suppressed.is_(False))).scalar_one()
+        if same >= SAME_TEXT_PER_HOUR:
+            reason = f"the same text answered {same} times this hour (a loop)"
+    session.add(AutoAnswer(address=address, at=now, kind=kind, suppressed=bool(reason),
+                           inbound_id=inbound_id, digest=digest))
+    if reason:
         session.add(Event(at=now, kind="answer.suppressed", ticket_id=ticket_id,
                           inbound_id=inbound_id,
-                          detail={"to": address, "kind": kind,
-                                  "reason": f"{per_hour} automatic mails an hour reached"}))
-    return ok
+                          detail={"to": address, "kind": kind, "reason": reason}))
+    return not reason

@@ -10,7 +10,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mailgate import blobs
-from mailgate.db.models import Attachment, Counter, Editor, Event, Inbound, Message, Site, Ticket
+from mailgate.db.models import (
+    Agent,
+    Attachment,
+    Counter,
+    Editor,
+    Event,
+    Inbound,
+    Message,
+    Site,
+    Ticket,
+)
 from mailgate.mail.attachments import display_name
 from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import TicketRef, remove_tags, strip_prefixes
@@ -121,8 +131,14 @@ def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
                  linked_to: Ticket | None, to: str | None = None) -> None:
     s = desk.settings
     to = to or _answer_to(mail)
-    if not autoanswer.allow(session, to, "ack", now, s.access.auto_replies_per_hour,
-                            inbound.id, ticket.id):
+    # A registered person's acknowledgement is the desk's promise: only a loop may stop it.
+    registered = session.execute(select(Editor.id).where(Editor.email == to)).first() \
+        is not None or session.execute(select(Agent.id).where(Agent.email == to)).first() \
+        is not None
+    per_hour = s.access.acks_per_hour if registered and not autoanswer.bouncing(
+        session, to, now) else s.access.auto_replies_per_hour
+    if not autoanswer.allow(session, to, "ack", now, per_hour, inbound.id, ticket.id,
+                            digest=autoanswer.text_digest(mail.subject, display_text(mail))):
         return
     ref = TicketRef(s.desk.ticket_prefix, ticket.number)
     due_local = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from mailgate.app import App
 from mailgate.db.models import AutoAnswer, BouncingAddress, Inbound, Outbox, Ticket
+from mailgate.tickets.autoanswer import SAME_TEXT_PER_HOUR
 from tests.conftest import DESK, EDITOR, RunningDaemon, SettingsFactory
 from tests.support.harness import DeskHarness
 from tests.support.mails import make_mail, send
@@ -157,8 +158,10 @@ def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) 
 
 
 def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
-    """A naive responder that answers every mail with a fresh mail (no headers, new
-    subject): each answer would be a new request with a new acknowledgement, forever."""
+    """A naive responder behind a registered editor's address that answers every mail with a
+    fresh mail (no headers, new subject, same text): each answer would be a new request with
+    a new acknowledgement, forever. The same text answered three times an hour stops it,
+    long before the editors' ceiling of 60."""
     d = RunningDaemon(app).start()
     stop = threading.Event()
 
@@ -176,12 +179,12 @@ def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
     try:
         t.start()
         send(d.port, make_mail(EDITOR, "Begin"))
-        limit = app.settings.access.auto_replies_per_hour
-        _settled(app, limit + 1)
+        rounds = SAME_TEXT_PER_HOUR + 1  # "Begin" and three answers to the same text
+        _settled(app, rounds + 1)
         stop.wait(2.0)  # room for a runaway loop to show itself
-        rows = _settled(app, limit + 1)
-        assert len(sink.messages) == limit
-        assert len(rows) == limit + 1
+        rows = _settled(app, rounds + 1)
+        assert len(sink.messages) == rounds
+        assert len(rows) == rounds + 1
         with app.sessions() as s:
             suppressed = list(s.execute(select(AutoAnswer).where(AutoAnswer.suppressed))
                               .scalars())
@@ -190,6 +193,35 @@ def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
         stop.set()
         t.join(5)
         d.stop()
+
+
+def test_every_request_of_a_registered_editor_gets_its_number(desk: DeskHarness) -> None:
+    """Twenty separate requests in a minute (a weekend's IMAP inbox) get twenty
+    acknowledgements: the brake is for loops, not for people."""
+    for i in range(20):
+        row = desk.receive(make_mail(EDITOR, f"Probleem met pagina {chr(65 + i)}",
+                                     f"De pagina /{chr(97 + i)}{i} geeft fout {400 + i}."))
+        assert row.status == "ticket"
+    acks = desk.outbox()
+    assert len(acks) == 20
+    assert [a["Subject"].split()[0] for a in acks] == [f"[SD-{n}]" for n in range(1, 21)]
+    with desk.app.sessions() as s:
+        assert s.execute(select(AutoAnswer).where(AutoAnswer.suppressed)).first() is None
+
+
+def test_acks_to_a_bouncing_address_keep_the_tight_limit(desk: DeskHarness) -> None:
+    from mailgate.db.engine import transaction
+    from mailgate.db.models import BouncingAddress
+
+    with transaction(desk.app.sessions) as s:
+        now = desk.app.clock.now()
+        s.add(BouncingAddress(address=EDITOR, first_at=now, last_at=now, count=1,
+                              last_status="5.2.2"))
+    limit = desk.app.settings.access.auto_replies_per_hour
+    for i in range(limit + 2):
+        desk.receive(make_mail(EDITOR, f"Vraag {chr(65 + i)}", f"Tekst {chr(97 + i)}."))
+    assert len(desk.outbox()) == limit
+    assert len(desk.tickets()) == limit + 2  # every request is still a ticket
 
 
 def test_require_authentication_answers_only_verified_senders(
