@@ -597,6 +597,41 @@ def agents_remove(ctx: click.Context, email: str) -> None:
     click.echo(f"agent {email} removed")
 
 
+# --- templates -----------------------------------------------------------------------------
+
+@cli.group()
+def templates() -> None:
+    """Mail templates: the packaged ones and the overrides in templates_dir."""
+
+
+@templates.command("check")
+@click.option("--templates-dir", "templates_dir", default=None,
+              type=click.Path(exists=True, file_okay=False),
+              help="Check this override directory instead of the configured templates_dir.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def templates_check(ctx: click.Context, templates_dir: str | None, as_json: bool) -> None:
+    """Render every template in nl, fr and en with sample data; exit 65 on any error."""
+    from mailgate.outbound import render, samples
+
+    try:
+        settings = config_mod.load(ctx.obj["config_path"])
+    except config_mod.ConfigError as exc:
+        raise Fail(f"configuration error: {exc}", EX_CONFIG) from exc
+    renderer = render.Renderer(templates_dir if templates_dir is not None
+                               else settings.templates_dir, settings.desk.default_language)
+    results = render.check(renderer, samples.SAMPLES)
+    rows = [{"template": r.template, "language": r.language, "source": r.source,
+             "ok": r.ok, "error": r.error} for r in results]
+    _emit(rows, as_json, lambda rows: "\n".join(
+        f"{r['template']:<16} {r['language']}  "
+        + (f"OK ({r['source']})" if r["ok"] else f"ERROR {r['source'] or '-'}: {r['error']}")
+        for r in rows))
+    failed = sum(not r.ok for r in results)
+    if failed:
+        raise Fail(f"{failed} of {len(results)} template checks failed", EX_DATAERR)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     try:
         cli.main(args=argv, prog_name="mailgate", standalone_mode=False)

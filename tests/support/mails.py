@@ -36,3 +36,17 @@ def send(port: int, msg: EmailMessage | bytes, *, mail_from: str | None = None,
                           rcpt or ["servicedesk@desk.example"], msg)
         else:
             smtp.send_message(msg, from_addr=mail_from, to_addrs=rcpt)
+
+
+def body(msg: EmailMessage) -> str:
+    """The text/plain part of a built mail (plain, or inside multipart/alternative or mixed),
+    as a format=flowed-aware reader shows it: soft-wrapped lines joined again."""
+    from mailgate.outbound.compose import unflow
+
+    part = msg.get_body(("plain",))
+    assert part is not None, "no text/plain part"
+    text = part.get_content()
+    assert isinstance(text, str)
+    if str(part.get_param("format", "")).lower() == "flowed":
+        text = unflow(text)
+    return text
