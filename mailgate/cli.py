@@ -227,14 +227,16 @@ def tickets() -> None:
               help="Only tickets assigned to this agent.")
 @click.option("--overdue", is_flag=True,
               help="Only tickets unanswered past their first-response due time.")
+@click.option("--priority", type=click.Choice(["normal", "urgent"]), default=None,
+              help="Only tickets of this priority.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
 @click.pass_context
 def tickets_list(ctx: click.Context, state: str | None, assigned: str | None, overdue: bool,
-                 as_json: bool) -> None:
+                 priority: str | None, as_json: bool) -> None:
     app = _app(ctx)
     with _tx(app, write=False) as session:
         rows = views.tickets(session, app.clock.now(), state,
-                             normalize(assigned) if assigned else None, overdue)
+                             normalize(assigned) if assigned else None, overdue, priority)
     _emit(rows, as_json, _table(views.TICKET_COLUMNS))
 
 

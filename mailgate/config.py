@@ -46,6 +46,15 @@ class DeskSettings:
     aliases: tuple[str, ...] = ()
     # Agents' internal notes: mail here is stored on the ticket and never reaches the editor.
     comment_address: str = ""
+    # The on-duty address: alerted at once of every urgent ticket, with the editor's phone.
+    urgent_notify: str = ""
+    # Desk addresses per language (servicedesk-fr@... = "fr"): mail sent there is answered in
+    # that language unless the editor registered one. Given in TOML as a table.
+    addresses_by_language: dict[str, str] = field(default_factory=dict)
+
+    def language_of(self, addresses: tuple[str, ...]) -> str:
+        by_address = {a.lower(): lang for a, lang in dict(self.addresses_by_language).items()}
+        return next((by_address[a.lower()] for a in addresses if a.lower() in by_address), "")
 
     @property
     def domain(self) -> str:
@@ -53,7 +62,8 @@ class DeskSettings:
 
     @property
     def own_addresses(self) -> frozenset[str]:
-        addrs = {self.address, self.complaints_address, self.comment_address, *self.aliases}
+        addrs = {self.address, self.complaints_address, self.comment_address, *self.aliases,
+                 *dict(self.addresses_by_language)}
         return frozenset(a.lower() for a in addrs if a)
 
 
@@ -119,6 +129,9 @@ class SlaSettings:
     first_response_hours: float = 4.0
     # Share of the first-response time after which the agents are warned (once).
     warn_at: float = 0.75
+    # Urgent incidents: their own first-response time, in business time or round the clock.
+    urgent_response_minutes: float = 30.0
+    urgent_24x7: bool = False
     business_hours: str = "08:00-17:00"
     country: str = "BE"
 
@@ -233,6 +246,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         ):
             raise ConfigError(key, f"must be a list of whole numbers, got {value!r}")
         return tuple(value)
+    if expected.startswith("dict[str, str]"):
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(key, f"must be a table of strings, got {value!r}")
+        return {k.lower(): v for k, v in value.items()}
     if expected.startswith("tuple[str"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, f"must be a list of strings, got {value!r}")
@@ -279,6 +297,14 @@ def _validate(s: Settings) -> None:
                "must be an e-mail address")
         _check(d.comment_address.lower() != d.address.lower(), "desk.comment_address",
                "must differ from desk.address (notes would reach editors)")
+    if d.urgent_notify:
+        _check(is_valid_address(d.urgent_notify), "desk.urgent_notify",
+               "must be an e-mail address")
+    for addr, lang in dict(d.addresses_by_language).items():
+        key = f"desk.addresses_by_language.{addr}"
+        _check(is_valid_address(addr), key, "must be an e-mail address")
+        _check(lang in LANGUAGES, key, f"must be one of {', '.join(LANGUAGES)}")
+    _positive("sla.urgent_response_minutes", s.sla.urgent_response_minutes)
     for i, addr in enumerate(s.agents.notify):
         _check(is_valid_address(addr), f"agents.notify[{i}]", "must be an e-mail address")
     for i, alias in enumerate(d.aliases):
@@ -346,8 +372,7 @@ def _validate(s: Settings) -> None:
            'must be "refuse" or "accept"')
     _check(s.access.auto_replies_per_hour >= 0, "access.auto_replies_per_hour",
            "must be 0 or more")
-    _check(s.access.acks_per_hour >= s.access.auto_replies_per_hour, "access.acks_per_hour",
-           "must be at least access.auto_replies_per_hour")
+    _check(s.access.acks_per_hour >= 0, "access.acks_per_hour", "must be 0 or more")
     if s.access.require_authentication:
         _check(bool(s.access.authserv_id), "access.authserv_id",
                "is required when access.require_authentication = true")

@@ -20,6 +20,7 @@ from mailgate.inbound.imap import ImapPollers, Settle, Store, Tuning
 from mailgate.inbound.intake import IntakeWriter
 from mailgate.inbound.smtp import DeskHandler, smtp_factory
 from mailgate.inbound.store import Arrival, Stored, store_raw
+from mailgate.mail import language
 from mailgate.outbound import sender
 from mailgate.tickets import lifecycle
 
@@ -181,6 +182,8 @@ class Daemon:
         self._work.set()  # whatever was left pending before a restart
         self._send.set()
         self._sweep.set()  # and whatever fell due while we were down
+        # The language detector takes a second or two to build: not on the first mail's time.
+        warm = self._loop.run_in_executor(None, language.warm_up)
         systemd.notify("READY=1\nSTATUS=accepting mail")
         self.ready.set()
         log.info("mailgate ready")
@@ -203,6 +206,6 @@ class Daemon:
             self._work.set()
             self._send.set()
             self._sweep.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, warm, return_exceptions=True)
             self.app.close()
             log.info("stopped")

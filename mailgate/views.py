@@ -49,8 +49,16 @@ def ticket_summary(t: Ticket, now: datetime) -> dict[str, Any]:
     }
 
 
+def request_fields(t: Ticket) -> dict[str, Any]:
+    """What the request holds, as kept on the ticket, and what it still lacks."""
+    return {"urls": list(t.urls or []), "phone": t.phone or None,
+            "contact_name": t.contact_name or None, "has_error_message": t.has_error_message,
+            "missing": list(t.missing or [])}
+
+
 def ticket_detail(session: Session, t: Ticket, now: datetime) -> dict[str, Any]:
     out = ticket_summary(t, now)
+    out.update(request_fields(t))
     out["linked_from"] = list(session.execute(
         select(Ticket.ref).where(Ticket.linked_to_id == t.id).order_by(Ticket.number)).scalars())
     out["requester_name"] = t.requester_name
@@ -117,10 +125,13 @@ def agent_row(a: Agent) -> dict[str, Any]:
 # --- queries behind the listings ---------------------------------------------------------
 
 def tickets(session: Session, now: datetime, state: str | None = None,
-            assigned: str | None = None, overdue: bool = False) -> list[dict[str, Any]]:
+            assigned: str | None = None, overdue: bool = False,
+            priority: str | None = None) -> list[dict[str, Any]]:
     stmt = select(Ticket).order_by(Ticket.number)
     if state:
         stmt = stmt.where(Ticket.state == state)
+    if priority:
+        stmt = stmt.where(Ticket.priority == priority)
     if assigned:
         stmt = stmt.where(Ticket.assignee == assigned)
     if overdue:
@@ -204,13 +215,18 @@ def ticket_text(t: dict[str, Any]) -> str:
     lines = [f"{t['ref']}  {t['subject']}",
              f"  state {t['state']}  priority {t['priority']}  kind {t['kind']}  "
              f"site {t['site_id'] or '-'}",
-             f"  requester {t['requester_name']} <{t['requester']}>",
+             f"  requester {t['requester_name']} <{t['requester']}>"
+             + (f"  phone {t['phone']}" if t["phone"] else ""),
              f"  created {t['created_at']}  first response due {t['first_response_due']}"]
     lines.append(f"  first response {t['first_response_at'] or '-'} (SLA {t['sla']})"
                  + (f"  assigned to {t['assignee']}" if t["assignee"] else ""))
     if t["close_at"]:
         lines.append(f"  closes {t['close_at']}"
                      + (f"  next reminder {t['remind_at']}" if t["remind_at"] else ""))
+    if t["urls"]:
+        lines.append(f"  urls {' '.join(t['urls'])}")
+    if t["missing"]:
+        lines.append(f"  still missing: {', '.join(t['missing'])}")
     if t["linked_to"]:
         lines.append(f"  linked to {t['linked_to']}")
     if t["linked_from"]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EDITOR
-from tests.support.mails import make_mail, wire
+from tests.support.mails import body, make_mail, wire
 from tests.support.sink import SmtpSink
 
 
@@ -265,7 +265,7 @@ def test_tickets_note_from_an_agent_reaches_the_other_agents_only(cli: Cli,
     cli.ok("tick")
     note_copy = sink.wait_for(2)[1]
     assert note_copy["To"] == AGENT_B and "[SD-1]" in note_copy["Subject"]
-    assert "Belde Eva: formulier werkt weer." in note_copy.get_body().get_content()
+    assert "Belde Eva: formulier werkt weer." in body(note_copy)
     assert [r.rcpt_tos for r in sink.handler.received] == [[EDITOR], [AGENT_B]]
     ticket = json.loads(cli.ok("tickets", "show", "SD-1", "--json"))
     note = ticket["messages"][-1]
@@ -307,7 +307,7 @@ def test_tick_now_walks_a_waiting_ticket_to_its_closing(cli: Cli, sink: SmtpSink
         assert len(sink.wait_for(sent)) == sent
     *_, first, second, closing = sink.wait_for(sent)
     assert {m["To"] for m in (first, second, closing)} == {EDITOR}
-    assert "Welke pagina precies?" in first.get_content()
+    assert "Welke pagina precies?" in body(first)
     assert json.loads(cli.ok("tickets", "show", "SD-1", "--json"))["state"] == "closed"
     # A late reply opens a new ticket linked to the closed one, both ways in the JSON.
     cli.ok("deliver", stdin=wire(make_mail(EDITOR, "Re: [SD-1] Menu weg", "Pagina /contact.",

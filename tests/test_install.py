@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mails import body
 from tests.support.sink import SmtpSink, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +126,7 @@ relay_port = {sink.port}
         (ack,) = sink.wait_for(1, timeout=30)
         assert "[SD-1]" in ack["Subject"]
         assert ack["To"] == "eva@x.example"
-        assert "SD-1" in ack.get_body().get_content()  # type: ignore[union-attr]
+        assert "SD-1" in body(ack)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

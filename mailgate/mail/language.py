@@ -80,6 +80,11 @@ _lock = threading.Lock()
 _detector: tuple[LanguageDetector, dict[Language, str]] | None = None
 
 
+def warm_up() -> None:
+    """Builds the detector now (1–2 s), so that the first mail does not wait for it."""
+    _get_detector()
+
+
 def detect(text: str) -> str | None:
     """The language the mail's own text is written in, one of :data:`LANGUAGES`, or None when
     it is too short or the detector is not confident enough."""

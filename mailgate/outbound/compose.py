@@ -86,8 +86,6 @@ def build(out: Outgoing) -> bytes:
         msg["X-Auto-Response-Suppress"] = "All"
     if out.loop_marker:
         msg["X-Loop"] = out.loop_marker
-    if out.language:
-        msg["Content-Language"] = out.language
     msg.set_content(flow(out.body), charset="utf-8", params={"format": "flowed"})
     if out.html:
         msg.add_alternative(html_from_text(out.body, lang=out.language,
@@ -101,6 +99,10 @@ def build(out: Outgoing) -> bytes:
             maintype, subtype = "application", "octet-stream"
         msg.add_attachment(att.data, maintype=maintype, subtype=subtype,
                            filename=safe_header_text(att.filename, 200) or "attachment")
+    # Last: set_content clears every Content-* header, and making the mail multipart moves
+    # them into the first part.
+    if out.language:
+        msg["Content-Language"] = out.language
     return msg.as_bytes()
 
 

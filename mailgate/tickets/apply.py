@@ -7,15 +7,18 @@ the inbound row. A new action is one handler and one row of :data:`HANDLERS`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate.db.models import Inbound, Ticket
 from mailgate.db.status import InboundStatus
 from mailgate.mail.parse import ParsedMail
+from mailgate.mail.urgency import urgency
 from mailgate.tickets import access, agentwork, bounces, notify, service
 from mailgate.tickets.agentwork import Actor
 from mailgate.tickets.commands import AgentCommand, BadLine
@@ -93,18 +96,50 @@ def create(c: Context) -> Outcome:
         agentwork.apply(c.session, c.desk, ticket, rest,
                         Actor(c.facts.sender.agent.email, c.facts.sender.agent.name), c.now,
                         c.inbound)
-    notify.notify(c.session, c.desk, ticket, "new", c.now, inbound=c.inbound, mail=c.mail,
-                  text=body if body is not None else display_text(c.mail),
-                  exclude={c.mail.from_addr.lower()})
+    _announce(c, ticket, "new", body if body is not None else display_text(c.mail))
     return Outcome(InboundStatus.TICKET, ticket.id)
+
+
+def _announce(c: Context, ticket: Ticket, event: str, text: str,
+              became_urgent: bool = True) -> None:
+    """The agents (for a complaint: the Service Manager) hear of it; a ticket that becomes
+    urgent with this mail also alerts the on-duty address, once."""
+    evidence = urgency(c.mail)
+    if (became_urgent and ticket.priority == "urgent" and evidence is not None
+            and ticket.kind != "complaint"):
+        notify.alert_on_duty(c.session, c.desk, ticket, c.now, evidence.evidence, c.inbound,
+                             c.mail)
+    notify.notify(c.session, c.desk, ticket, event, c.now, inbound=c.inbound, mail=c.mail,
+                  text=text, exclude={c.mail.from_addr.lower()},
+                  urgent=evidence.evidence if evidence and ticket.priority == "urgent" else "")
 
 
 def append(c: Context) -> Outcome:
     ticket = c.ticket()
-    service.append_follow_up(c.session, c.desk, ticket, c.mail, c.inbound, c.now)
-    notify.notify(c.session, c.desk, ticket, "follow-up", c.now, inbound=c.inbound,
-                  mail=c.mail, text=display_text(c.mail), exclude={c.mail.from_addr.lower()})
+    escalated = service.append_follow_up(c.session, c.desk, ticket, c.mail, c.inbound, c.now)
+    _announce(c, ticket, "follow-up", display_text(c.mail), became_urgent=escalated)
     return Outcome(InboundStatus.TICKET, ticket.id)
+
+
+def complaint(c: Context) -> Outcome:
+    """A complaint: its own ticket (kind complaint, linked to the ticket it is about), its
+    own acknowledgement from the complaints address, and the Service Manager told."""
+    about = c.ticket() if c.decision.ticket is not None else _mentioned(c)
+    ticket = service.create_ticket(c.session, c.desk, c.mail, c.inbound, c.facts.sender,
+                                   c.now, linked_to=about, kind="complaint")
+    _announce(c, ticket, "complaint", display_text(c.mail))
+    return Outcome(InboundStatus.TICKET, ticket.id)
+
+
+def _mentioned(c: Context) -> Ticket | None:
+    """A ticket the complaint names in its text (``SD-12``, with or without brackets)."""
+    prefix = c.desk.settings.desk.ticket_prefix
+    for m in re.finditer(rf"\b{re.escape(prefix)}-(\d{{1,12}})\b", display_text(c.mail), re.I):
+        found = c.session.execute(
+            select(Ticket).where(Ticket.ref == f"{prefix}-{m.group(1)}")).scalar_one_or_none()
+        if found is not None:
+            return found
+    return None
 
 
 def record(c: Context) -> Outcome:
@@ -195,6 +230,7 @@ HANDLERS: dict[Action, Handler] = {
     Action.IGNORE: ignore,
     Action.REFUSE: refuse,
     Action.REFUSE_COMMAND: refuse_command,
+    Action.COMPLAINT: complaint,
 }
 
 

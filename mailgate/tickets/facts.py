@@ -32,7 +32,7 @@ def find_ticket(session: Session, desk: Desk, mail: ParsedMail) -> tuple[Ticket 
 
 def info(ticket: Ticket) -> TicketInfo:
     return TicketInfo(id=ticket.id, ref=ticket.ref, state=ticket.state,
-                      requester=ticket.requester, site_id=ticket.site_id)
+                      requester=ticket.requester, site_id=ticket.site_id, kind=ticket.kind)
 
 
 def gather(session: Session, desk: Desk, mail: ParsedMail, raw: bytes,
@@ -50,13 +50,14 @@ def gather(session: Session, desk: Desk, mail: ParsedMail, raw: bytes,
     command = None
     if sender.agent is not None:
         command = parse_command(display_text(mail) if ticket is not None else mail.text)
+    recipients = {a.lower() for a in (*mail.to, *mail.cc, *envelope_to)}
     comment = s.desk.comment_address.lower()
-    to_comment = bool(comment) and comment in {a.lower() for a in (*mail.to, *mail.cc,
-                                                                   *envelope_to)}
+    to_comment = bool(comment) and comment in recipients
     return Facts(
         mail=mail, sender=sender, from_us=from_us,
         ticket=info(ticket) if ticket is not None else None, found_by=found_by,
         may_write=ticket is not None and access.may_write(session, ticket, sender),
         accept_unknown=s.access.unknown_senders == "accept",
         automatic=automatic.detect(mail), authenticity=verdict, command=command,
-        to_comment=to_comment)
+        to_comment=to_comment, to_complaints=s.desk.complaints_address.lower() in recipients,
+        accept_stranger_complaints=s.access.complaints_from_strangers)

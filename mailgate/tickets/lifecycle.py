@@ -17,12 +17,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from mailgate.db.engine import transaction
-from mailgate.db.models import Attachment, Message, Site, Ticket
-from mailgate.mail.parse import ParsedAttachment, ParsedMail
+from mailgate.db.models import Message, Site, Ticket
 from mailgate.mail.references import TicketRef
 from mailgate.outbound.compose import Outgoing
 from mailgate.tickets import autoanswer, duetimes, notify, service
-from mailgate.tickets.completeness import missing_items
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.states import State
 
@@ -58,25 +56,6 @@ def due_query(column: InstrumentedAttribute[datetime | None], now: datetime,
 def _due(session: Session, column: InstrumentedAttribute[datetime | None], now: datetime,
          batch: int) -> list[Ticket]:
     return list(session.execute(due_query(column, now, batch)).scalars())
-
-
-def still_missing(session: Session, ticket: Ticket) -> list[str]:
-    """What the acknowledgement asked for and no mail of the editor's has brought since."""
-    rows = list(session.execute(
-        select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in",
-                              Message.kind.in_(("request", "follow-up")))
-        .order_by(Message.id)).scalars())
-    if not rows:
-        return []
-    types = session.execute(
-        select(Attachment.content_type).where(Attachment.message_id.in_([m.id for m in rows]))
-    ).scalars()
-    text = "\n".join(m.body_text for m in rows)
-    mail = ParsedMail(message_id="", subject=ticket.subject, from_addr=ticket.requester,
-                      from_name=ticket.requester_name, to=(), cc=(), reply_to="",
-                      in_reply_to=(), references=(), text=text,
-                      attachments=tuple(ParsedAttachment("", t, b"") for t in types))
-    return missing_items(mail, site_id=ticket.site_id, name=ticket.requester_name, phone="")
 
 
 def _last_question(session: Session, ticket: Ticket) -> str:
@@ -144,7 +123,7 @@ def _remind(session: Session, desk: Desk, now: datetime, batch: int, r: SweepRes
             continue
         sent = to_editor(session, desk, t, "reminder", now,
                          question=_last_question(session, t),
-                         missing=still_missing(session, t), number=t.reminders_sent + 1,
+                         missing=list(t.missing or []), number=t.reminders_sent + 1,
                          close_on=_local(desk, t.close_at or now))
         if not sent:
             # The loop brake held it back (many tickets of one editor due at once): try
@@ -170,7 +149,7 @@ def _sla(session: Session, desk: Desk, now: datetime, batch: int, r: SweepResult
         site = session.get(Site, t.site_id) if t.site_id else None
         due = t.first_response_due or now
         breached = now >= due
-        to = notify.recipients(session, desk, set())
+        to = notify.recipients(session, desk, set(), t)
         if to:
             _lang, body = desk.renderer.render(
                 "sla_breach" if breached else "sla_warning", s.desk.default_language,

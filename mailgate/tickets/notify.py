@@ -21,11 +21,10 @@ from mailgate.mail.references import TicketRef
 from mailgate.outbound.compose import OutAttachment, Outgoing
 from mailgate.outbound.outbox import enqueue
 from mailgate.tickets.commands import ACCEPTED, BadLine
-from mailgate.tickets.completeness import missing_items
 from mailgate.tickets.desk import Desk
 
 # Agents reply above this line; everything from it on is cut from what reaches the editor.
-MARKER = "##- reply above this line / antwoord boven deze lijn / répondez au-dessus -##"
+MARKER = "##- reply above / antwoord hierboven / répondez au-dessus -##"  # < 72 columns
 AGENT_KINDS = ("notify", "note-copy", "answer-copy", "command-refused", "sla-warning",
                "sla-breach")
 
@@ -47,8 +46,13 @@ def agent_addresses(session: Session) -> set[str]:
     return {a.lower() for a in session.execute(select(Agent.email)).scalars()}
 
 
-def recipients(session: Session, desk: Desk, exclude: set[str]) -> tuple[str, ...]:
-    """The notify list of the config, else every registered agent; minus ``exclude``."""
+def recipients(session: Session, desk: Desk, exclude: set[str],
+               ticket: Ticket | None = None) -> tuple[str, ...]:
+    """Who hears of a ticket: for a complaint the Service Manager (not the agents' queue);
+    else the notify list of the config, or every registered agent; minus ``exclude``."""
+    manager = desk.settings.desk.service_manager
+    if ticket is not None and ticket.kind == "complaint" and manager:
+        return tuple(a for a in (manager,) if a.lower() not in exclude)
     configured = desk.settings.agents.notify
     addrs = configured or tuple(sorted(agent_addresses(session)))
     return tuple(a for a in addrs if a.lower() not in exclude)
@@ -106,18 +110,18 @@ def send_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, to: 
 def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: datetime, *,
            inbound: Inbound | None = None, mail: ParsedMail | None = None, text: str = "",
            exclude: set[str] | None = None, to: tuple[str, ...] | None = None,
-           bounce: BounceSeen | None = None, assigned_by: str = "") -> bool:
-    """Tells the agents of ``event`` (new, follow-up, bounce, assigned); True if sent."""
-    to = to if to is not None else recipients(session, desk, exclude or set())
+           bounce: BounceSeen | None = None, assigned_by: str = "",
+           urgent: str = "") -> bool:
+    """Tells the agents of ``event`` (new, follow-up, bounce, assigned, urgent, complaint);
+    True if sent."""
+    to = to if to is not None else recipients(session, desk, exclude or set(), ticket)
     if not to:
         return False
     s = desk.settings
     site = session.get(Site, ticket.site_id) if ticket.site_id else None
     editor = session.execute(
         select(Editor).where(Editor.email == ticket.requester)).scalar_one_or_none()
-    missing = missing_items(mail, site_id=ticket.site_id,
-                            name=editor.name if editor else ticket.requester_name,
-                            phone=editor.phone if editor else "") if mail else []
+    missing = list(ticket.missing or [])
     due = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
     files = attachments_of(mail, s.attachments.max_size)
     seen = [AutoReplySeen(a.sender, a.at.astimezone(s.tz), a.text)
@@ -125,11 +129,26 @@ def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: dateti
     _lang, body = desk.renderer.render(
         "notify", s.desk.default_language, event=event, ref=ticket.ref, desk=s.desk,
         ticket=ticket, site_name=site.name if site else "",
-        phone=editor.phone if editor else "", due=due, missing=missing, text=text.strip(),
+        phone=ticket.phone or (editor.phone if editor else ""), due=due, missing=missing,
+        text=text.strip(),
         attachments=[f.filename for f in files], auto_replies=seen, bounce=bounce,
-        assigned_by=assigned_by, marker=MARKER)
+        assigned_by=assigned_by, marker=MARKER, urgent=urgent)
     send_to_agents(session, desk, ticket, "notify", to, body, now, inbound, files)
     return True
+
+
+def alert_on_duty(session: Session, desk: Desk, ticket: Ticket, now: datetime, evidence: str,
+                  inbound: Inbound | None = None, mail: ParsedMail | None = None) -> bool:
+    """An urgent incident: the on-duty address hears at once, with the editor's phone."""
+    duty = desk.settings.desk.urgent_notify
+    if not duty:
+        return False
+    return notify(session, desk, ticket, "urgent", now, inbound=inbound, mail=mail,
+                  text=mail_text(mail), to=(duty,), urgent=evidence)
+
+
+def mail_text(mail: ParsedMail | None) -> str:
+    return (mail.new_text or mail.text) if mail is not None else ""
 
 
 def copy_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, text: str,
@@ -137,7 +156,7 @@ def copy_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, text
                    inbound: Inbound | None = None, mail: ParsedMail | None = None,
                    exclude: set[str] | None = None) -> bool:
     """An agent's note (``kind`` "note") or answer ("answer") for the other agents."""
-    to = recipients(session, desk, {agent_email.lower(), *(exclude or set())})
+    to = recipients(session, desk, {agent_email.lower(), *(exclude or set())}, ticket)
     if not to:
         return False
     s = desk.settings

@@ -28,6 +28,7 @@ class Kind(StrEnum):
     AGENT_REPLY = "agent-reply"
     AGENT_COMMAND = "agent-command"
     COMMAND_REFUSED = "command-refused"
+    COMPLAINT = "complaint"
     AUTO_REPLY = "auto-reply"
     BOUNCE = "bounce"
     BULK = "bulk"
@@ -43,6 +44,7 @@ class Action(StrEnum):
     BOUNCE = "bounce"        # mark our outgoing mail failed, flag the address
     AGENT = "agent"          # agent's reply, note or command on `ticket`
     REFUSE_COMMAND = "refuse-command"  # agent's wrong command: nothing changes, agent told
+    COMPLAINT = "complaint"  # a complaint ticket for the Service Manager (linked to `ticket`)
     IGNORE = "ignore"        # kept in inbound, nothing sent
     REFUSE = "refuse"        # stranger: polite refusal, no ticket
 
@@ -56,6 +58,7 @@ class TicketInfo:
     state: str
     requester: str = ""
     site_id: str | None = None
+    kind: str = "request"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class Facts:
     authenticity: Verdict | None = None   # None: not required by config
     command: AgentCommand | None = None   # parsed for agents only: an editor's '#' is text
     to_comment: bool = False              # addressed to desk.comment_address
+    to_complaints: bool = False           # addressed to desk.complaints_address
+    accept_stranger_complaints: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,21 @@ def unverified(f: Facts) -> Decision | None:
                     f"sender {f.mail.from_addr} not authenticated: {v.evidence}")
 
 
+def complaint(f: Facts) -> Decision | None:
+    """Mail to the complaints address is a complaint for the Service Manager — unless it
+    continues a complaint already made (then it is that complaint's follow-up)."""
+    if not f.to_complaints or f.sender.agent is not None:
+        return None
+    if f.ticket is not None and f.ticket.kind == "complaint" and f.may_write:
+        return None
+    if not f.sender.known and not f.accept_stranger_complaints:
+        return None  # refused like any stranger's mail
+    linked = f.ticket if f.ticket is not None and f.may_write else None
+    return Decision(Kind.COMPLAINT, Action.COMPLAINT, "complaint",
+                    f"complaint from {'registered ' if f.sender.known else ''}"
+                    f"{f.mail.from_addr}" + (f" about {linked.ref}" if linked else ""), linked)
+
+
 def agent_mail(f: Facts) -> Decision | None:
     if f.sender.agent is None:
         return None
@@ -187,13 +207,15 @@ def unknown_sender(f: Facts) -> Decision | None:
 
 # First hit wins. Order matters: a loop is never answered, whatever else it looks like;
 # machines (bounces, auto-replies, lists) are recognised before anyone's rights are looked
-# at; an unauthenticated sender gets nothing; agents before editors.
+# at; an unauthenticated sender gets nothing; a complaint goes to the Service Manager
+# whoever sends it; agents before editors.
 RULES: tuple[tuple[str, Rule], ...] = (
     ("loop", loop),
     ("bounce", bounce),
     ("auto-reply", auto_reply),
     ("bulk", bulk),
     ("unverified-sender", unverified),
+    ("complaint", complaint),
     ("agent", agent_mail),
     ("follow-up", follow_up),
     ("known-sender", known_sender),

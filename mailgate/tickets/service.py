@@ -4,7 +4,7 @@ caller's transaction."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -21,14 +21,15 @@ from mailgate.db.models import (
     Site,
     Ticket,
 )
+from mailgate.mail import language
 from mailgate.mail.attachments import display_name
 from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import TicketRef, remove_tags, strip_prefixes
+from mailgate.mail.urgency import urgency
 from mailgate.outbound.compose import OutAttachment, Outgoing
 from mailgate.outbound.outbox import enqueue
-from mailgate.tickets import autoanswer, duetimes
-from mailgate.tickets.access import AgentInfo, Sender
-from mailgate.tickets.completeness import find_site_id, missing_items
+from mailgate.tickets import autoanswer, completeness, duetimes
+from mailgate.tickets.access import AgentInfo, EditorInfo, Sender
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.states import IllegalTransition, State, after_requester_mail, refuse_move
 from mailgate.tickets.text import display_text
@@ -82,6 +83,34 @@ def set_state(session: Session, desk: Desk, ticket: Ticket, new: State,
     event(session, now, "ticket.state", ticket, inbound, **{"from": old, "to": new, "by": by})
 
 
+def first_response(desk: Desk, now: datetime, urgent: bool) -> tuple[datetime, datetime]:
+    """(first-response due time, moment of the agents' warning): 4 business hours, or for an
+    urgent incident ``[sla] urgent_response_minutes``, in business time or round the clock."""
+    sla = desk.settings.sla
+    hours = sla.urgent_response_minutes / 60 if urgent else sla.first_response_hours
+    if urgent and sla.urgent_24x7:
+        return now + timedelta(hours=hours), now + timedelta(hours=hours * sla.warn_at)
+    cal = desk.calendar
+    return cal.add_business_hours(now, hours), cal.add_business_hours(now, hours * sla.warn_at)
+
+
+def choose_language(desk: Desk, mail: ParsedMail, editor: EditorInfo | None,
+                    recipients: tuple[str, ...]) -> tuple[str, bool]:
+    """(language of every mail on the ticket, whether to add a line in German). In order:
+    the editor's registered language, the desk address written to, the mail's own text,
+    the desk default. German is answered in the default language with a German line."""
+    d = desk.settings.desk
+    if editor is not None and editor.language:
+        return editor.language, False
+    by_address = d.language_of(recipients)
+    if by_address:
+        return by_address, False
+    detected = language.detect(f"{mail.subject}\n{display_text(mail)}")
+    if detected == "de":
+        return d.default_language, True
+    return detected or d.default_language, False
+
+
 def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbound,
                   sender: Sender, now: datetime, *, linked_to: Ticket | None = None,
                   kind: str = "request", body: str | None = None) -> Ticket:
@@ -89,31 +118,35 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
     replaces the mail's new text as what agents read (an agent's forward keeps it whole)."""
     s = desk.settings
     editor = sender.editor
-    site_id = editor.site_id if editor else find_site_id(
-        mail, set(session.execute(select(Site.site_id)).scalars()))
-    language = (editor.language if editor and editor.language else s.desk.default_language)
+    known_sites = frozenset(session.execute(select(Site.site_id)).scalars())
+    reading = completeness.read(mail, editor, known_sites)
+    recipients = (*mail.to, *mail.cc, *(a for a in inbound.envelope_to.split(",") if a))
+    lang, german = choose_language(desk, mail, editor, recipients)
+    urgent = urgency(mail)
+    due, alert_at = first_response(desk, now, urgent is not None)
     number = next_number(session)
     ref = TicketRef(s.desk.ticket_prefix, number)
     subject = strip_prefixes(mail.subject, s.desk.ticket_prefix) or "(no subject)"
     ticket = Ticket(
-        number=number, ref=str(ref), state=State.NEW, priority="normal", kind=kind,
-        site_id=site_id, requester=sender.address,
-        requester_name=(editor.name if editor and editor.name else mail.from_name)[:200],
-        subject=subject[:998], language=language, created_at=now, updated_at=now,
-        first_response_due=desk.calendar.add_business_hours(now, s.sla.first_response_hours),
-        sla_alert_at=desk.calendar.add_business_hours(
-            now, s.sla.first_response_hours * s.sla.warn_at),
+        number=number, ref=str(ref), state=State.NEW,
+        priority="urgent" if urgent else "normal", kind=kind, requester=sender.address,
+        requester_name=(editor.name if editor and editor.name else
+                        reading.contact_name or mail.from_name)[:200],
+        subject=subject[:998], language=lang, created_at=now, updated_at=now,
+        first_response_due=due, sla_alert_at=alert_at,
         first_response_at=None, remind_at=None, close_at=None,
         linked_to_id=linked_to.id if linked_to else None)
+    completeness.apply_reading(ticket, reading)
     session.add(ticket)
     session.flush()
     add_message(session, desk, ticket, mail, inbound, "request", now, body)
     event(session, now, "ticket.created", ticket, inbound, ref=ticket.ref,
-           requester=ticket.requester, linked_to=linked_to.ref if linked_to else None)
-    missing = missing_items(mail, site_id=site_id, name=editor.name if editor else "",
-                            phone=editor.phone if editor else "")
-    _acknowledge(session, desk, ticket, mail, inbound, now, missing, linked_to,
-                 to=None if sender.address == mail.from_addr else sender.address)
+          requester=ticket.requester, linked_to=linked_to.ref if linked_to else None,
+          language=lang, urgent=urgent.evidence if urgent else None)
+    _acknowledge(session, desk, ticket, mail, inbound, now, linked_to,
+                 to=None if sender.address == mail.from_addr else sender.address,
+                 other_site=reading.other_site, several=reading.several_requests,
+                 german=german)
     return ticket
 
 
@@ -127,8 +160,12 @@ def _thread(mail: ParsedMail) -> tuple[str, tuple[str, ...]]:
 
 
 def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
-                 inbound: Inbound, now: datetime, missing: list[str],
-                 linked_to: Ticket | None, to: str | None = None) -> None:
+                 inbound: Inbound, now: datetime, linked_to: Ticket | None,
+                 to: str | None = None, other_site: str | None = None, several: bool = False,
+                 german: bool = False) -> None:
+    """The ticket number, the due time, what is missing — and, for an urgent incident, first
+    of all the call to phone the desk quoting the number. A complaint gets its own text,
+    from the complaints address."""
     s = desk.settings
     to = to or _answer_to(mail)
     # A registered person's acknowledgement is the desk's promise: only a loop may stop it.
@@ -142,13 +179,17 @@ def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
         return
     ref = TicketRef(s.desk.ticket_prefix, ticket.number)
     due_local = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
+    complaint = ticket.kind == "complaint"
     language, body = desk.renderer.render(
-        "ack", ticket.language, ticket=ticket, ref=str(ref), desk=s.desk,
-        name=ticket.requester_name, missing=missing, due=due_local, linked_to=linked_to,
-        hours=s.sla.first_response_hours)
+        "complaint_ack" if complaint else "ack", ticket.language, ticket=ticket, ref=str(ref),
+        desk=s.desk, name=ticket.requester_name, missing=list(ticket.missing or []),
+        due=due_local, linked_to=linked_to, hours=s.sla.first_response_hours,
+        urgent=ticket.priority == "urgent", other_site=other_site, several=several,
+        german=german)
     in_reply_to, refs = _thread(mail)
     out = Outgoing(
-        from_name=s.desk.name, from_addr=s.desk.address, to=(to,),
+        from_name=s.desk.name,
+        from_addr=s.desk.complaints_address if complaint else s.desk.address, to=(to,),
         subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
         in_reply_to=in_reply_to, references=refs, auto_submitted="auto-replied",
         language=language, loop_marker=s.desk.address, date=now)
@@ -168,15 +209,32 @@ def send(session: Session, out: Outgoing, kind: str, ticket: Ticket | None,
 
 
 def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
-                     inbound: Inbound, now: datetime) -> Message:
-    msg = add_message(session, desk, ticket, mail, inbound, "follow-up", now)
+                     inbound: Inbound, now: datetime) -> bool:
+    """The editor's mail on the ticket: it fills what the request lacked, may make the
+    ticket urgent, and puts a waiting or resolved ticket back to open. True if it made the
+    ticket urgent."""
+    add_message(session, desk, ticket, mail, inbound, "follow-up", now)
     ticket.updated_at = now
+    known = frozenset(session.execute(select(Site.site_id)).scalars())
+    filled = completeness.fill_from_follow_up(ticket, mail, known)
+    if filled:
+        event(session, now, "ticket.completed", ticket, inbound, items=filled,
+              by=mail.from_addr)
+    escalated = False
+    evidence = urgency(mail)
+    if evidence is not None and ticket.priority != "urgent" and ticket.kind != "complaint":
+        event(session, now, "ticket.priority", ticket, inbound,
+              **{"from": ticket.priority, "to": "urgent", "by": mail.from_addr,
+                 "evidence": evidence.evidence})
+        ticket.priority, escalated = "urgent", True
+        if ticket.first_response_at is None:
+            ticket.first_response_due, ticket.sla_alert_at = first_response(desk, now, True)
     # An editor's real answer (the policy sends only people who may write here) stops the
     # reminders and the closing: the ticket is the agents' again.
     set_state(session, desk, ticket, after_requester_mail(State(ticket.state)), inbound, now,
               by=mail.from_addr)
     event(session, now, "ticket.follow_up", ticket, inbound, **{"from": mail.from_addr})
-    return msg
+    return escalated
 
 
 def record_automatic(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from mailgate.app import App
 from mailgate.db.models import Inbound, Message, Outbox, Ticket
 from tests.support.desk import DESK, EDITOR, RunningDaemon
-from tests.support.mails import make_mail, send, wire
+from tests.support.mails import body, make_mail, send, wire
 from tests.support.proxy import TcpProxy
 from tests.support.sink import SmtpSink
 from tests.support.wait import until
@@ -49,7 +49,7 @@ def test_new_mail_makes_ticket_and_ack_with_threading_headers(
     assert ack["From"] == f"Test Desk <{DESK}>"
     assert ack["To"] == EDITOR
     assert ack["Message-ID"].startswith("<SD-1.") and ack["Message-ID"].endswith("@desk.example>")
-    assert "SD-1" in ack.get_content()
+    assert "SD-1" in body(ack)
     assert sink.handler.received[0].rcpt_tos == [EDITOR]
 
     def sent() -> bool:

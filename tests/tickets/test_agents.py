@@ -24,7 +24,7 @@ from mailgate.tickets import registry
 from mailgate.tickets.notify import AGENT_KINDS, MARKER
 from tests.support.desk import DESK, EDITOR, RunningDaemon, SettingsFactory, register_demo
 from tests.support.harness import DeskHarness
-from tests.support.mails import make_mail, send
+from tests.support.mails import body, make_mail, send
 from tests.support.sink import SmtpSink
 from tests.support.wait import until
 from tests.tickets.conftest import AGENT, OTHER_EDITOR, register_more
@@ -94,9 +94,7 @@ def _png_parts(msg: EmailMessage) -> list[bytes]:
 
 
 def _body(msg: EmailMessage) -> str:
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return cast(str, cast(EmailMessage, part).get_content())
+    return body(msg)
 
 
 # --- 1. notifications -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,7 +32,7 @@ from mailgate.tickets.lifecycle import SweepResult
 from mailgate.tickets.notify import AGENT_KINDS
 from tests.support.desk import DESK, EDITOR, SettingsFactory, register_demo
 from tests.support.harness import DeskHarness
-from tests.support.mails import make_mail
+from tests.support.mails import body, make_mail
 from tests.tickets.conftest import AGENT, register_more
 
 BXL = ZoneInfo("Europe/Brussels")
@@ -101,9 +101,7 @@ def _mails(desk: DeskHarness, kind: str) -> list[EmailMessage]:
 
 
 def _body(msg: EmailMessage) -> str:
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return cast(str, cast(EmailMessage, part).get_content())
+    return body(msg)
 
 
 def _refs(msg: EmailMessage) -> list[str]:

@@ -14,7 +14,7 @@ from mailgate.db.models import AutoAnswer, BouncingAddress, Inbound, Outbox, Tic
 from mailgate.tickets.autoanswer import SAME_TEXT_PER_HOUR
 from tests.conftest import DESK, EDITOR, RunningDaemon, SettingsFactory
 from tests.support.harness import DeskHarness
-from tests.support.mails import make_mail, send
+from tests.support.mails import body, make_mail, send
 from tests.support.sink import SmtpSink
 from tests.support.wait import until
 from tests.tickets.conftest import AGENT, OTHER_EDITOR, STRANGER, register_more
@@ -91,7 +91,7 @@ def test_stranger_gets_a_polite_rate_limited_refusal(desk: DeskHarness) -> None:
     assert {r.status for r in rows} == {"refused"}
     refusals = desk.outbox()
     assert len(refusals) == limit
-    assert all("niet als melding geregistreerd" in m.get_content() for m in refusals)
+    assert all("niet als melding geregistreerd" in body(m) for m in refusals)
     assert refusals[0]["Auto-Submitted"] == "auto-replied"
     with desk.app.sessions() as s:
         assert s.execute(select(Ticket)).first() is None
@@ -106,7 +106,7 @@ def test_stranger_with_a_valid_tag_cannot_write_or_read(desk: DeskHarness) -> No
     assert row.status == "refused" and row.ticket_id is None
     assert len(desk.ticket("SD-1").messages) == 2  # request + ack only
     refusal = desk.outbox()[1]
-    assert "SD-1" not in refusal.get_content() and "SD-1" not in refusal["Subject"]
+    assert "SD-1" not in body(refusal) and "SD-1" not in refusal["Subject"]
 
 
 def test_forward_by_editor_of_another_site_does_not_hijack(desk: DeskHarness) -> None:
@@ -137,7 +137,7 @@ def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) 
         assert reply["From"].endswith(f"<{DESK}>") and AGENT not in str(reply)
         assert reply["To"] == EDITOR and reply["Subject"] == "[SD-1] Menu weg"
         assert reply["In-Reply-To"] and ack["Message-ID"] in reply["References"]
-        assert "Het menu staat terug online." in reply.get_content()
+        assert "Het menu staat terug online." in body(reply)
         assert reply["Auto-Submitted"] is None  # a person wrote it
         _settled(app, 2)
         t = DeskHarness(app).ticket("SD-1")
@@ -152,7 +152,7 @@ def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) 
         assert t.messages[-2].body_text == "Cache geleegd, oorzaak: deploy."
         # Resolving tells the editor (the "handled" mail), but never the internal note.
         handled = to(EDITOR, 3)[2]
-        assert "Cache geleegd" not in handled.get_content() and AGENT not in str(handled)
+        assert "Cache geleegd" not in body(handled) and AGENT not in str(handled)
     finally:
         d.stop()
 
@@ -268,7 +268,7 @@ def test_mail_after_close_opens_a_new_linked_ticket(desk: DeskHarness) -> None:
                            headers={"In-Reply-To": ack_id}))
     second = desk.outbox()[1]
     assert second["Subject"] == "[SD-2] Menu weg"
-    assert "SD-1" in second.get_content()  # the editor is told it is linked to the old one
+    assert "SD-1" in body(second)  # the editor is told it is linked to the old one
     new = desk.ticket("SD-2")
     with desk.app.sessions() as s:
         assert s.get(Ticket, new.linked_to_id).ref == "SD-1"  # type: ignore[union-attr]
