@@ -16,9 +16,11 @@ from mailgate.clock import FixedClock
 from mailgate.db.engine import transaction
 from mailgate.db.migrate import upgrade
 from mailgate.tickets import registry
-from tests.support.desk import DESK, EDITOR, SettingsFactory, register_demo
+from tests.support.desk import DESK, EDITOR, RunningDaemon, SettingsFactory, register_demo
 from tests.support.harness import DeskHarness
-from tests.support.mails import body, make_mail
+from tests.support.mails import body, make_mail, send
+from tests.support.sink import SmtpSink
+from tests.support.wait import until
 from tests.tickets.conftest import AGENT, OTHER_EDITOR, STRANGER, register_more
 
 DUTY = "duty@desk.example"
@@ -250,3 +252,43 @@ def test_language_falls_back_to_the_desk_default(rules: DeskHarness) -> None:
 def test_desk_addresses_are_accepted_by_the_listener(rules: DeskHarness) -> None:
     own = rules.app.settings.desk.own_addresses
     assert {DESK, COMPLAINTS, FR_DESK} <= own
+
+
+# --- end to end, over the real listener -------------------------------------------------------
+
+
+def test_urgent_and_complaint_over_smtp(make_settings: SettingsFactory, sink: SmtpSink) -> None:
+    """The issue's own story: "DRINGEND: site 1234 ligt plat" → a Dutch acknowledgement that
+    first says to phone, the on-duty address alerted; a complaint reaches the Service
+    Manager, not the queue."""
+    app = App(make_settings(desk={"urgent_notify": DUTY, "service_manager": MANAGER}))
+    upgrade(app.engine)
+    register_demo(app)
+    register_more(app)
+    d = RunningDaemon(app).start()
+
+    def to(address: str, count: int) -> list[EmailMessage]:
+        def check() -> list[EmailMessage]:
+            got = [m for m in sink.messages if address in str(m["To"])]
+            return got if len(got) >= count else []
+        return until(check, what=f"{count} mails to {address}")
+    try:
+        send(d.port, make_mail(EDITOR, "DRINGEND: site 1234 ligt plat",
+                               "Sinds 9u geeft elke pagina een fout 503."))
+        [ack] = to(EDITOR, 1)
+        assert ack["Subject"] == "[SD-1] DRINGEND: site 1234 ligt plat"
+        assert ack["Content-Language"] == "nl"
+        first = body(ack).strip().splitlines()[0]
+        assert "Bel de servicedesk nu" in first
+        [alert] = to(DUTY, 1)
+        assert "[SD-1]" in alert["Subject"] and "+32 470 12 34 56" in body(alert)
+        send(d.port, make_mail(EDITOR, "Klacht", "Niemand nam op toen ik belde over SD-1.",
+                               to=COMPLAINTS), rcpt=[COMPLAINTS])
+        [notice] = to(MANAGER, 1)
+        assert "[SD-2]" in notice["Subject"]
+        assert not any("[SD-2]" in str(m["Subject"]) for m in to(AGENT, 1))
+        complaint_ack = [m for m in to(EDITOR, 2) if "[SD-2]" in m["Subject"]]
+        assert len(complaint_ack) == 1 and COMPLAINTS in str(complaint_ack[0]["From"])
+    finally:
+        d.stop()
+        app.close()
