@@ -184,6 +184,22 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    # "host:port" ("[::1]:9325" for IPv6; port 0 = any free port) serves /metrics and
+    # /healthz; "" = off.
+    listen: str = ""
+    # /healthz fails when the oldest pending outbox row is older than this.
+    outbox_alarm_seconds: float = 300.0
+    # /healthz fails when an IMAP account has been failing for longer than this.
+    imap_alarm_seconds: float = 300.0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+@dataclass(frozen=True)
 class Settings:
     desk: DeskSettings = field(default_factory=DeskSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -196,6 +212,7 @@ class Settings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     state_dir: str = "var"
     templates_dir: str = ""  # overrides, file by file; "" = the packaged templates only
     log_level: str = "INFO"
@@ -217,6 +234,7 @@ _SECTIONS: dict[str, type] = {
     "agents": AgentSettings,
     "attachments": AttachmentSettings,
     "worker": WorkerSettings,
+    "metrics": MetricsSettings,
 }
 _TOP_LEVEL = {"state_dir": str, "templates_dir": str, "log_level": str}
 
@@ -385,6 +403,13 @@ def _validate(s: Settings) -> None:
     _check(a.max_size >= 0, "attachments.max_size", "must be 0 or more")
     _positive("worker.poll_seconds", s.worker.poll_seconds)
     _positive("worker.batch_size", s.worker.batch_size)
+    if s.metrics.listen:
+        _check(bool(re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}", s.metrics.listen))
+               and s.metrics.address[1] < 65536, "metrics.listen",
+               'must be "host:port" ("[::1]:9325" for IPv6; port 0 = any free port), '
+               'or "" to turn metrics off')
+    _positive("metrics.outbox_alarm_seconds", s.metrics.outbox_alarm_seconds)
+    _positive("metrics.imap_alarm_seconds", s.metrics.imap_alarm_seconds)
     _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
            "must be DEBUG, INFO, WARNING or ERROR")
     if s.templates_dir:

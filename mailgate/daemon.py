@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
 
-from mailgate import scheduler, systemd, worker
+from mailgate import metrics, scheduler, systemd, worker
 from mailgate.app import App
 from mailgate.db.migrate import require_current
 from mailgate.inbound.imap import ImapPollers, Settle, Store, Tuning
@@ -57,6 +57,7 @@ class Daemon:
         self.smtp_port: int | None = None
         self.intake = IntakeWriter(app.sessions, app.clock)
         self.imap: ImapPollers | None = None
+        self.metrics = metrics.Exporter(self)
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -152,13 +153,16 @@ class Daemon:
         self._sweep = asyncio.Event()
         await asyncio.to_thread(require_current, self.app.engine)
         await asyncio.to_thread(lambda: self.app.desk)  # loads the signing secret once
+        # /metrics and /healthz on [metrics] listen, first: a taken port starts nothing else.
+        self.metrics.start()
         server = None
         self.intake.start()
         if s.smtp.enabled:
             handler = DeskHandler(s.desk.own_addresses, self._submit, s.smtp.max_recipients,
                                   on_stored=self.wake_worker)
             server = await self._loop.create_server(
-                smtp_factory(handler, socket.getfqdn(), s.smtp.max_message_size),
+                self.metrics.smtp_sessions.wrap(
+                    smtp_factory(handler, socket.getfqdn(), s.smtp.max_message_size)),
                 host=s.smtp.host, port=s.smtp.port, reuse_address=True)
             self.smtp_port = server.sockets[0].getsockname()[1]
             log.info("SMTP listening on %s:%s", s.smtp.host, self.smtp_port)
@@ -191,6 +195,7 @@ class Daemon:
             await self._stop.wait()
         finally:
             systemd.notify("STOPPING=1")
+            await asyncio.to_thread(self.metrics.stop)
             log.info("stopping: no new connections, finishing the current passes")
             if server is not None:
                 server.close()

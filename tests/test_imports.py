@@ -31,7 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "app": BASE | {"mail", "db", "outbound", "tickets"},
     "worker": BASE | {"mail", "db", "tickets", "app"},
     "daemon": BASE | {"mail", "db", "outbound", "tickets", "inbound", "app", "worker",
-                      "scheduler", "systemd"},
+                      "scheduler", "systemd", "metrics"},
+    "metrics": BASE | {"db", "app", "tickets"},  # reads the daemon through a Protocol
     "cli": BASE | {"mail", "db", "outbound", "tickets", "inbound", "app", "worker",
                    "daemon", "views"},
     "__main__": {"cli"},

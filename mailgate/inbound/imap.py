@@ -170,6 +170,10 @@ class ImapPoller:
         self._selected = False
         # Set while the connection sits in IDLE: for tests, health checks and the bench.
         self.idling = threading.Event()
+        # Read by /metrics and /healthz (wall-clock seconds): the last search that worked,
+        # and since when the account has failed without one in between (None: it works).
+        self.last_ok_at: float | None = None
+        self.failing_since: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -220,6 +224,8 @@ class ImapPoller:
             # An account that worked up to SELECT retries from the short delay again.
             failures = 1 if self._selected else failures + 1
             delay = self.tuning.backoff.delay(failures)
+            if self.failing_since is None:
+                self.failing_since = time.time()
             self._log_failure(failure, delay)
             self._stop.wait(delay)
         log.info("imap account %r: stopped", self.account.name)
@@ -287,6 +293,7 @@ class ImapPoller:
                  "IDLE" if idle else f"polling every {a.poll_interval:g}s")
         while not self._stop.is_set():
             uids = sorted(client.search(["UNDELETED"]))
+            self.last_ok_at, self.failing_since = time.time(), None
             if uids:
                 moved = self._drain(client, uids)
                 if moved < len(uids):
@@ -385,6 +392,11 @@ class ImapPoller:
             self.on_processed()
 
     # -- failures --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Logged in with the folder selected (for /metrics)."""
+        return self._selected and self._client is not None
 
     def _disconnect(self) -> None:
         # Left in IDLE by an error: LOGOUT would only be read as a bad DONE, and waited on.
