@@ -255,6 +255,21 @@ def tickets_show(ctx: click.Context, ref: str, as_json: bool) -> None:
     _emit(data, as_json, views.ticket_text)
 
 
+@tickets.command("search")
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def tickets_search(ctx: click.Context, text: str, as_json: bool) -> None:
+    """Tickets whose subject, requester, ref or any mail's text contains TEXT (any case);
+    newest first, at most 50."""
+    if not text.strip():
+        raise Fail("give some text to search for", EX_USAGE)
+    app = _app(ctx)
+    with _tx(app, write=False) as session:
+        rows = views.search_tickets(session, app.clock.now(), text.strip())
+    _emit(rows, as_json, _table(views.TICKET_COLUMNS))
+
+
 def _ticket(session: Session, app: App, ref: str) -> Ticket:
     parsed = parse_ref(app.settings.desk.ticket_prefix, ref)
     ticket = views.ticket_by_ref(session, str(parsed)) if parsed else None
@@ -632,6 +647,50 @@ def templates_check(ctx: click.Context, templates_dir: str | None, as_json: bool
     failed = sum(not r.ok for r in results)
     if failed:
         raise Fail(f"{failed} of {len(results)} template checks failed", EX_DATAERR)
+
+
+# --- doctor, stats -------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check config, database, relay, IMAP accounts, templates and clock: one line each, OK
+    or the fix. Exit 1 when a check fails, 78 when the config itself is broken."""
+    from mailgate import doctor as checks
+    from mailgate.db.engine import make_engine
+
+    try:
+        settings = config_mod.load(ctx.obj["config_path"])
+    except config_mod.ConfigError as exc:
+        _emit(checks.rows([checks.config_failed(exc)]), as_json, checks.text_lines)
+        raise Fail(f"configuration error: {exc}", EX_CONFIG) from exc
+    engine = make_engine(settings.database)
+    try:
+        results = list(checks.checks(settings, engine))
+    finally:
+        engine.dispose()
+    _emit(checks.rows(results), as_json, checks.text_lines)
+    failed = [r.check for r in results if not r.ok]
+    if failed:
+        raise Fail(f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}",
+                   checks.EX_CHECK_FAILED)
+
+
+@cli.command()
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="The window: this many days up to now.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def stats(ctx: click.Context, days: int, as_json: bool) -> None:
+    """Mails per channel and kind, tickets per state, first responses within the SLA, median
+    first-response time, share closed by the sweep."""
+    from mailgate import stats as desk_stats
+
+    app = _app(ctx)
+    with _tx(app, write=False) as session:
+        data = desk_stats.stats(session, app.clock.now(), days)
+    _emit(data, as_json, desk_stats.text)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

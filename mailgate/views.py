@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from mailgate.db.models import (
@@ -14,6 +14,7 @@ from mailgate.db.models import (
     Editor,
     Event,
     Inbound,
+    Message,
     Outbox,
     Site,
     Ticket,
@@ -256,3 +257,33 @@ def inbound_text(d: dict[str, Any]) -> str:
                                                         else "")
               for i, s in enumerate(d["trail"], 1)] or ["    (not processed yet)"]
     return "\n".join(lines)
+
+
+# --- search ----------------------------------------------------------------------------------
+
+SEARCH_LIMIT = 50
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` for LIKE with ``\\`` as escape: ``%``, ``_`` and ``\\`` in the text are
+    matched literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_tickets(session: Session, now: datetime, text: str,
+                   limit: int = SEARCH_LIMIT) -> list[dict[str, Any]]:
+    """Tickets whose subject, requester, ref or any message's body contains ``text``,
+    ignoring case (ILIKE on PostgreSQL; lower() LIKE lower() on SQLite, which folds ASCII
+    letters only); newest first."""
+    pattern = like_pattern(text)
+
+    def has(column: Any) -> Any:
+        return column.ilike(pattern, escape="\\")
+
+    in_bodies = select(Message.ticket_id).where(has(Message.body_text))
+    stmt = (select(Ticket)
+            .where(or_(has(Ticket.subject), has(Ticket.requester), has(Ticket.ref),
+                       Ticket.id.in_(in_bodies)))
+            .order_by(Ticket.number.desc()).limit(limit))
+    return [ticket_summary(t, now) for t in session.execute(stmt).scalars()]

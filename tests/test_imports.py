@@ -33,8 +33,10 @@ ALLOWED: dict[str, set[str]] = {
     "daemon": BASE | {"mail", "db", "outbound", "tickets", "inbound", "app", "worker",
                       "scheduler", "systemd", "metrics"},
     "metrics": BASE | {"db", "app", "tickets"},  # reads the daemon through a Protocol
+    "doctor": BASE | {"db", "outbound", "inbound"},
+    "stats": {"db", "views"},
     "cli": BASE | {"mail", "db", "outbound", "tickets", "inbound", "app", "worker",
-                   "daemon", "views"},
+                   "daemon", "views", "doctor", "stats"},
     "__main__": {"cli"},
     "__init__": set(),
 }
