@@ -6,8 +6,10 @@ The brake sits where loops live, and never costs a real user their ticket number
   (``[access] acks_per_hour``, 60): twenty requests after a weekend get twenty numbers;
 - everything else automatic — refusals to strangers, the clock's reminders, answers to an
   address whose mail bounces — keeps the tight limit (``auto_replies_per_hour``, 5);
-- the same text from the same address, again and again, is a machine answering us: after
-  :data:`SAME_TEXT_PER_HOUR` answers to it in an hour, no more, whatever the ceiling.
+- the same mail (subject and text) from the same address, again and again, is a machine
+  answering us: after :data:`SAME_TEXT_PER_HOUR` answers to it in an hour, no more;
+- a machine that varies its mail and carries no automatic-mail marks still meets the
+  editors' ceiling: a loop of at most ``acks_per_hour`` mails an hour, never an endless one.
 
 Every automatic mail, sent or suppressed, leaves a row, so `inbound show` and agents can see
 why an editor got no acknowledgement.
@@ -31,10 +33,10 @@ BOUNCE_MEMORY = timedelta(days=7)
 
 
 def text_digest(subject: str, text: str) -> str:
-    """What stays the same when a machine answers us again: the words, without numbers
-    (counters, dates), reply prefixes or spacing."""
+    """The mail's text without reply prefixes, case or spacing. Numbers count: thirty
+    requests "Melding 1" … "Melding 30" with the same body are thirty requests."""
     def norm(value: str) -> str:
-        return re.sub(r"\s+", " ", re.sub(r"\d+", "#", value)).strip().lower()
+        return re.sub(r"\s+", " ", value).strip().lower()
     subject = re.sub(r"^\s*((re|aw|antw|tr|fwd?|wg)\s*:\s*)+", "", subject, flags=re.I)
     return hashlib.sha256(f"{norm(subject)}\n{norm(text)}".encode()).hexdigest()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from email.message import EmailMessage
 
+import pytest
 from sqlalchemy import select
 
 from mailgate.app import App
@@ -157,11 +158,19 @@ def test_agent_reply_is_relayed_from_the_desk_address(app: App, sink: SmtpSink) 
         d.stop()
 
 
-def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
+@pytest.mark.parametrize("counter", [False, True])
+def test_two_auto_responders_do_not_loop(make_settings: SettingsFactory, sink: SmtpSink,
+                                         counter: bool) -> None:
     """A naive responder behind a registered editor's address that answers every mail with a
-    fresh mail (no headers, new subject, same text): each answer would be a new request with
-    a new acknowledgement, forever. The same text answered three times an hour stops it,
-    long before the editors' ceiling of 60."""
+    fresh mail and no automatic-mail headers: each answer would be a new request with a new
+    acknowledgement, forever. The same mail answered three times an hour stops it; one that
+    numbers its mails runs into the editors' ceiling (here 8 an hour) and stops there."""
+    from mailgate.db.migrate import upgrade
+    from tests.conftest import register_demo
+
+    app = App(make_settings(access={"acks_per_hour": 8}))
+    upgrade(app.engine)
+    register_demo(app)
     d = RunningDaemon(app).start()
     stop = threading.Event()
 
@@ -173,13 +182,14 @@ def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
             except AssertionError:
                 continue
             answered += 1
-            send(d.port, make_mail(EDITOR, f"Vraag over uw antwoord {answered}",
-                                   "Zie hieronder."))
+            subject = f"Vraag over uw antwoord {answered}" if counter else "Vraag over uw antwoord"
+            send(d.port, make_mail(EDITOR, subject, "Zie hieronder."))
     t = threading.Thread(target=responder, daemon=True)
     try:
         t.start()
         send(d.port, make_mail(EDITOR, "Begin"))
-        rounds = SAME_TEXT_PER_HOUR + 1  # "Begin" and three answers to the same text
+        # "Begin", then answers until the brake holds one back.
+        rounds = 8 if counter else SAME_TEXT_PER_HOUR + 1
         _settled(app, rounds + 1)
         stop.wait(2.0)  # room for a runaway loop to show itself
         rows = _settled(app, rounds + 1)
@@ -193,6 +203,7 @@ def test_two_auto_responders_do_not_loop(app: App, sink: SmtpSink) -> None:
         stop.set()
         t.join(5)
         d.stop()
+        app.close()
 
 
 def test_every_request_of_a_registered_editor_gets_its_number(desk: DeskHarness) -> None:
@@ -207,6 +218,14 @@ def test_every_request_of_a_registered_editor_gets_its_number(desk: DeskHarness)
     assert [a["Subject"].split()[0] for a in acks] == [f"[SD-{n}]" for n in range(1, 21)]
     with desk.app.sessions() as s:
         assert s.execute(select(AutoAnswer).where(AutoAnswer.suppressed)).first() is None
+
+
+def test_numbered_requests_with_the_same_text_each_get_their_number(desk: DeskHarness) -> None:
+    """Thirty "Melding n" waiting in the IMAP inbox after a weekend, one body for all: the
+    same-text brake must not take them for a loop (the subjects differ)."""
+    for i in range(30):
+        assert desk.receive(make_mail(EDITOR, f"Melding {i}")).status == "ticket"
+    assert len(desk.outbox()) == 30
 
 
 def test_acks_to_a_bouncing_address_keep_the_tight_limit(desk: DeskHarness) -> None:
