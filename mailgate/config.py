@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailgate.mail.addresses import is_valid_address
@@ -117,6 +118,26 @@ class ImapAccount:
     poll_interval: float = 60.0
     idle: bool = True
     timeout_seconds: float = 30.0
+    # "password" (LOGIN) or "oauth2" (SASL XOAUTH2 with an access token: inbound/oauth2.py).
+    auth: str = "password"
+    # "microsoft" (client credentials: tenant_id, client_id, client_secret_file) or
+    # "token_endpoint" (refresh-token grant: token_url, refresh_token_file, client_id, and
+    # client_secret_file where the endpoint wants one).
+    oauth2_provider: str = ""
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret_file: str = ""
+    token_url: str = ""
+    refresh_token_file: str = ""
+    # The scope asked for; "" = https://outlook.office365.com/.default for "microsoft", and
+    # none sent to a token endpoint (the refresh token's own).
+    oauth2_scope: str = ""
+    # The mailbox logged in to with the token; "" = username.
+    oauth2_user: str = ""
+
+    @property
+    def login_user(self) -> str:
+        return (self.oauth2_user or self.username) if self.auth == "oauth2" else self.username
 
     def read_password(self) -> str:
         if self.password_file:
@@ -184,6 +205,16 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    # Privacy: this many days after a ticket closed, its raw mails (as they arrived and as
+    # sent) are emptied; the ticket, its messages' text and its events stay. 0 = kept.
+    raw_days: int = 0
+    # Likewise its attachments' bytes (name, type, size and SHA-256 stay); a blob that a
+    # ticket not yet due shares stays. 0 = kept.
+    attachments_days: int = 0
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     # "host:port" ("[::1]:9325" for IPv6; port 0 = any free port) serves /metrics and
     # /healthz; "" = off.
@@ -213,9 +244,11 @@ class Settings:
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     state_dir: str = "var"
     templates_dir: str = ""  # overrides, file by file; "" = the packaged templates only
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line (mailgate/logs.py)
     source: str = ""
 
     @property
@@ -235,8 +268,9 @@ _SECTIONS: dict[str, type] = {
     "attachments": AttachmentSettings,
     "worker": WorkerSettings,
     "metrics": MetricsSettings,
+    "retention": RetentionSettings,
 }
-_TOP_LEVEL = {"state_dir": str, "templates_dir": str, "log_level": str}
+_TOP_LEVEL = {"state_dir": str, "templates_dir": str, "log_level": str, "log_format": str}
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -303,6 +337,56 @@ def _positive(key: str, value: float) -> None:
     _check(value > 0, key, f"must be greater than 0, got {value}")
 
 
+_OAUTH2_KEYS = {
+    # provider → (required keys, optional keys); every other oauth2 key must stay unset.
+    "microsoft": (("tenant_id", "client_id", "client_secret_file"), ("oauth2_scope",)),
+    "token_endpoint": (("token_url", "refresh_token_file"),
+                       ("client_id", "client_secret_file", "oauth2_scope")),
+}
+_OAUTH2_ONLY = ("oauth2_provider", "tenant_id", "client_id", "client_secret_file", "token_url",
+                "refresh_token_file", "oauth2_scope", "oauth2_user")
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _validate_imap_auth(acct: ImapAccount, key: str) -> None:
+    _check(acct.auth in ("password", "oauth2"), f"{key}.auth",
+           f'must be "password" or "oauth2", got {acct.auth!r}')
+    if acct.auth == "password":
+        for name in _OAUTH2_ONLY:
+            _check(not getattr(acct, name), f"{key}.{name}",
+                   'is only used with auth = "oauth2"')
+        _check(bool(acct.password) != bool(acct.password_file), f"{key}.password",
+               "set exactly one of password or password_file")
+        if acct.password_file:
+            _check(os.access(acct.password_file, os.R_OK), f"{key}.password_file",
+                   f"cannot read {acct.password_file}")
+        return
+    for name in ("password", "password_file"):
+        _check(not getattr(acct, name), f"{key}.{name}",
+               'is not used with auth = "oauth2" (leave it out)')
+    provider = acct.oauth2_provider
+    _check(provider in _OAUTH2_KEYS, f"{key}.oauth2_provider",
+           'must be "microsoft" or "token_endpoint" when auth = "oauth2"'
+           + (f", got {provider!r}" if provider else ""))
+    required, optional = _OAUTH2_KEYS[provider]
+    for name in required:
+        _check(bool(getattr(acct, name)), f"{key}.{name}",
+               f'is required with oauth2_provider = "{provider}"')
+    for name in _OAUTH2_ONLY:
+        if name not in (*required, *optional, "oauth2_provider", "oauth2_user"):
+            _check(not getattr(acct, name), f"{key}.{name}",
+                   f'is not used with oauth2_provider = "{provider}"')
+    for name in ("client_secret_file", "refresh_token_file"):
+        path = getattr(acct, name)
+        if path:
+            _check(os.access(path, os.R_OK), f"{key}.{name}", f"cannot read {path}")
+    if acct.token_url:
+        url = urlsplit(acct.token_url)
+        _check((url.scheme == "https" and bool(url.hostname))
+               or (url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS),
+               f"{key}.token_url", "must be an https:// URL (http:// only to this host)")
+
+
 def _validate(s: Settings) -> None:
     d = s.desk
     for key in ("address", "complaints_address"):
@@ -360,11 +444,7 @@ def _validate(s: Settings) -> None:
         _check(0 < acct.port < 65536, f"{key}.port", "must be a TCP port (1-65535)")
         _check(not (acct.ssl and acct.starttls), f"{key}.starttls",
                "cannot be combined with ssl = true")
-        _check(bool(acct.password) != bool(acct.password_file), f"{key}.password",
-               "set exactly one of password or password_file")
-        if acct.password_file:
-            _check(os.access(acct.password_file, os.R_OK), f"{key}.password_file",
-                   f"cannot read {acct.password_file}")
+        _validate_imap_auth(acct, key)
         _positive(f"{key}.poll_interval", acct.poll_interval)
         _check(len({acct.folder, acct.processed_folder, acct.failed_folder}) == 3,
                f"{key}.processed_folder", "folder, processed_folder and failed_folder must differ")
@@ -412,6 +492,10 @@ def _validate(s: Settings) -> None:
     _positive("metrics.imap_alarm_seconds", s.metrics.imap_alarm_seconds)
     _check(s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
            "must be DEBUG, INFO, WARNING or ERROR")
+    _check(s.log_format in ("text", "json"), "log_format", 'must be "text" or "json"')
+    _check(s.retention.raw_days >= 0, "retention.raw_days", "must be 0 (kept) or more")
+    _check(s.retention.attachments_days >= 0, "retention.attachments_days",
+           "must be 0 (kept) or more")
     if s.templates_dir:
         _check(Path(s.templates_dir).is_dir(), "templates_dir",
                f"directory {s.templates_dir} does not exist (leave the key out to use only"

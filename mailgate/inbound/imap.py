@@ -9,6 +9,8 @@ One session of an account::
 
     connect → LOGIN → check folders → SELECT → loop { drain ; wait }
 
+(with ``auth = "oauth2"``, ``AUTHENTICATE XOAUTH2`` instead of LOGIN: :func:`oauth2_login`.)
+
 *drain*: ``UID SEARCH UNDELETED`` (mail someone flagged ``\\Deleted`` is theirs to expunge),
 then per chunk ``UID FETCH BODY.PEEK[]`` (RFC 3501 §6.4.5: PEEK leaves ``\\Seen`` alone, so
 nothing looks read before it is ours), store the raw bytes and commit
@@ -40,6 +42,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from mailgate.config import ImapAccount
 from mailgate.db.engine import StorageUnavailable, is_unavailable
 from mailgate.db.status import InboundStatus
+from mailgate.inbound.oauth2 import OAuth2Error, TokenSource, token_source
 from mailgate.inbound.store import Stored
 
 log = logging.getLogger(__name__)
@@ -162,6 +165,9 @@ class ImapPoller:
         self.on_processed = on_processed
         self.tuning = tuning or Tuning()
         self.channel = f"imap:{account.name}"
+        # auth = "oauth2": where the access tokens come from; kept across sessions.
+        self.tokens: TokenSource | None = (token_source(account) if account.auth == "oauth2"
+                                           else None)
         self.uidvalidity: int | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -241,11 +247,16 @@ class ImapPoller:
 
     def _connect(self) -> IMAPClient:
         a = self.account
-        try:
-            password = a.read_password()
-        except OSError as exc:
-            raise PasswordUnreadable(f"cannot read password_file {a.password_file}: "
-                                     f"{exc.strerror or exc}") from exc
+        password = ""
+        if self.tokens is not None:
+            # Before connecting: a token endpoint that is down holds no IMAP session open.
+            self.tokens.token()
+        else:
+            try:
+                password = a.read_password()
+            except OSError as exc:
+                raise PasswordUnreadable(f"cannot read password_file {a.password_file}: "
+                                         f"{exc.strerror or exc}") from exc
         client = IMAPClient(a.host, port=a.port, ssl=a.ssl, ssl_context=self.tuning.ssl_context,
                             timeout=a.timeout_seconds)
         with self._lock:
@@ -254,7 +265,10 @@ class ImapPoller:
             raise ConnectionLost("stopping")
         if a.starttls:
             client.starttls(self.tuning.ssl_context or ssl.create_default_context())
-        client.login(a.username, password)
+        if self.tokens is not None:
+            oauth2_login(client, a, self.tokens)
+        else:
+            client.login(a.username, password)
         return client
 
     def _check_folders(self, client: IMAPClient) -> None:
@@ -419,8 +433,13 @@ class ImapPoller:
         where = f"{a.host}:{a.port}"
         name = a.name
         if isinstance(exc, LoginError):
-            log.error("imap account %r: login failed for user %r on %s: %s; retrying in %gs",
-                      name, a.username, where, _text(exc), delay)
+            log.error("imap account %r: login failed for user %r on %s%s: %s; retrying in %gs",
+                      name, a.login_user, where,
+                      " with an OAuth2 token (XOAUTH2)" if self.tokens else "", _text(exc),
+                      delay)
+        elif isinstance(exc, OAuth2Error):
+            log.error("imap account %r: no OAuth2 access token: %s; retrying in %gs",
+                      name, exc, delay)
         elif isinstance(exc, PasswordUnreadable):
             log.error("imap account %r: %s; retrying in %gs", name, exc, delay)
         elif isinstance(exc, FolderMissing):
@@ -440,6 +459,20 @@ class ImapPoller:
                         name, where, _text(exc), delay)
         else:
             log.exception("imap account %r: unexpected error; retrying in %gs", name, delay)
+
+
+def oauth2_login(client: IMAPClient, account: ImapAccount, tokens: TokenSource) -> None:
+    """SASL XOAUTH2 with the cached token. A refused token may have been revoked or have
+    expired early: it is dropped and the login tried once more, on the same connection, with
+    a fresh one; a second refusal goes up as the :class:`LoginError`. The token is never
+    logged (imapclient's own debug log hides AUTHENTICATE too)."""
+    try:
+        client.oauth2_login(account.login_user, tokens.token())
+    except LoginError as exc:
+        log.info("imap account %r: %s refused the OAuth2 token (%s); fetching a new one",
+                 account.name, f"{account.host}:{account.port}", _text(exc))
+        tokens.invalidate()
+        client.oauth2_login(account.login_user, tokens.token())
 
 
 def _text(exc: BaseException) -> str:
