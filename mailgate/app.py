@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 
 from sqlalchemy import Engine, select
@@ -16,9 +16,18 @@ from mailgate.config import Settings
 from mailgate.db.engine import make_engine, make_sessionmaker, transaction
 from mailgate.db.models import Setting
 from mailgate.mail.references import MessageIds
+from mailgate.outbound import render, samples
 from mailgate.outbound.render import Renderer
 from mailgate.outbound.sender import Transport, make_transport
 from mailgate.tickets.desk import Desk
+
+# What SIGHUP changes in a running daemon (App.reload). Everything else (database, listener,
+# IMAP accounts, relay, the desk's addresses and secret, worker) is taken at a restart only.
+RELOADABLE = ("access", "sla", "lifecycle", "templates_dir", "log_level")
+
+
+class ReloadError(Exception):
+    """The new configuration cannot be applied; the running one stays."""
 
 
 @dataclass
@@ -37,13 +46,40 @@ class App:
     @cached_property
     def desk(self) -> Desk:
         s = self.settings
+        return self._desk(s, MessageIds(self.secret(), s.desk.domain, s.desk.ticket_prefix))
+
+    @staticmethod
+    def _desk(s: Settings, ids: MessageIds) -> Desk:
         return Desk(
             settings=s,
-            ids=MessageIds(self.secret(), s.desk.domain, s.desk.ticket_prefix),
+            ids=ids,
             renderer=Renderer(s.templates_dir, s.desk.default_language),
             calendar=BusinessCalendar(s.tz, s.sla.business_hours, s.sla.country,
                                       s.lifecycle.closed_dates),
         )
+
+    def reload(self, settings: Settings) -> list[str]:
+        """Takes the RELOADABLE parts of `settings` (freshly loaded, hence validated) and
+        rebuilds the desk with them: templates read anew, calendar, access and SLA rules.
+
+        The new desk is built and every template rendered with its samples (as `mailgate
+        templates check` does) before anything is replaced, so a broken template leaves
+        the running settings and desk in place (ReloadError). A pass already under way
+        finishes with the desk it started with. Returns the names of the other parts that
+        differ in `settings`: those wait for a restart.
+        """
+        merged = replace(self.settings, **{name: getattr(settings, name) for name in RELOADABLE})
+        desk = self._desk(merged, self.desk.ids)  # the IDs depend on [desk] only
+        broken = [r for r in render.check(desk.renderer, samples.SAMPLES) if not r.ok]
+        if broken:
+            first = broken[0]
+            raise ReloadError(f"{len(broken)} template checks failed, first {first.template} "
+                              f"({first.language}, {first.source or '-'}): {first.error}")
+        self.settings = merged
+        self.__dict__["desk"] = desk  # the cached_property's slot: the old desk is dropped
+        return [f.name for f in fields(settings)
+                if f.name not in (*RELOADABLE, "source")
+                and getattr(settings, f.name) != getattr(merged, f.name)]
 
     @cached_property
     def transport(self) -> Transport:

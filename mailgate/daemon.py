@@ -1,4 +1,16 @@
-"""`mailgate serve`: starts the ways in, the worker and the sender; stops gracefully."""
+"""`mailgate serve`: starts the ways in, the worker and the sender; stops gracefully.
+
+Signals (systemd/mailgate.service):
+
+- SIGTERM/SIGINT: STOPPING=1; the SMTP listener drains (new sessions and new transactions
+  hear ``421 4.3.2``, transactions under way finish and commit), then it closes; the intake
+  commits what it holds, the worker and sender end their current pass, the outbox is
+  flushed once, exit 0. Mail still pending is processed after the restart.
+- SIGHUP: RELOADING=1 (with MONOTONIC_USEC, as Type=notify-reload wants), the config file is
+  read again and its templates, [access], [sla], [lifecycle] and log level applied
+  (App.reload); connections stay open. A broken config is logged and the running one kept.
+  READY=1 either way.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +25,13 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
 
+from mailgate import config as config_mod
 from mailgate import metrics, scheduler, systemd, worker
 from mailgate.app import App
 from mailgate.db.migrate import require_current
 from mailgate.inbound.imap import ImapPollers, Settle, Store, Tuning
 from mailgate.inbound.intake import IntakeWriter
-from mailgate.inbound.smtp import DeskHandler, smtp_factory
+from mailgate.inbound.smtp import DeskHandler, Listener, smtp_factory
 from mailgate.inbound.store import Arrival, Stored, store_raw
 from mailgate.mail import language
 from mailgate.outbound import sender
@@ -31,6 +44,12 @@ ExtraTask = Callable[["Daemon"], Coroutine[Any, Any, None]]
 # How long an IMAP poller waits for a row another worker is processing before it leaves the
 # mail in the folder for its next pass.
 SETTLE_SECONDS = 10.0
+
+# At a stop: how long SMTP sessions may take to finish their transactions before the rest
+# are cut with an unsolicited 421, and how long the last outbox flush may take. Both fit
+# well inside the unit's TimeoutStopSec=30 (tests/test_daemon.py measures the stop).
+DRAIN_SECONDS = 10.0
+FINAL_FLUSH_SECONDS = 5.0
 
 
 def imap_callables(app: App) -> tuple[Store, Settle]:
@@ -50,10 +69,27 @@ def imap_pollers(app: App, on_processed: Callable[[], None] = lambda: None,
                        tuning=tuning)
 
 
+def apply_log_level(level: str) -> None:
+    """A reloaded log_level, as `mailgate` set it at start (cli._app): the root logger, and
+    the chatty libraries never below WARNING."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for noisy in ("alembic", "apscheduler", "mail.log"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
 class Daemon:
-    def __init__(self, app: App, extra_tasks: tuple[ExtraTask, ...] = ()) -> None:
+    def __init__(self, app: App, extra_tasks: tuple[ExtraTask, ...] = (),
+                 config_path: str | None = None) -> None:
         self.app = app
         self.extra_tasks = extra_tasks
+        # What SIGHUP reads again: the file the settings came from.
+        self.config_path = config_path if config_path is not None else app.settings.source
+        self.listener: Listener | None = None
+        self.drain_seconds = DRAIN_SECONDS
+        self._sched: Any = None
+        self._reload_lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.smtp_port: int | None = None
         self.intake = IntakeWriter(app.sessions, app.clock)
         self.imap: ImapPollers | None = None
@@ -82,6 +118,56 @@ class Daemon:
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
 
+    def reload(self) -> None:
+        """What SIGHUP does; callable from any thread."""
+        if self._loop:
+            self._loop.call_soon_threadsafe(self._start_reload)
+
+    def _start_reload(self) -> None:
+        if self._stop is None or self._stop.is_set():
+            return
+        task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload(self) -> None:
+        assert self._reload_lock is not None and self._stop is not None
+        async with self._reload_lock:  # one at a time, each reading the file afresh
+            systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={systemd.monotonic_usec()}\n"
+                           "STATUS=reloading the configuration")
+            log.info("SIGHUP: reloading %s", self.config_path or "the built-in defaults")
+            try:
+                await self._apply_config()
+            finally:  # systemd waits in "reloading" until it hears READY=1
+                if not self._stop.is_set():
+                    systemd.notify("READY=1\nSTATUS=accepting mail")
+
+    async def _apply_config(self) -> None:
+        try:
+            settings = await asyncio.to_thread(config_mod.load, self.config_path or None)
+            restart_only = await asyncio.to_thread(self.app.reload, settings)
+        except Exception as exc:
+            log.error("reload failed, the running configuration stays: %s", exc)
+            return
+        apply_log_level(self.app.settings.log_level)
+        if self._sched is not None:
+            self._sched.reschedule_job("lifecycle-sweep", trigger="interval",
+                                       seconds=self.app.settings.lifecycle.sweep_seconds)
+        log.info("configuration reloaded: templates, [access], [sla], [lifecycle], log_level")
+        if restart_only:
+            log.warning("changed in %s but applied only at a restart: %s",
+                        self.config_path, ", ".join(restart_only))
+
+    async def _idle(self, event: asyncio.Event, timeout: float | None) -> None:
+        """Until `event` is set, the daemon stops, or `timeout` passes."""
+        assert self._stop
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     def _submit(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Future[Stored]:
         return self.intake.submit(Arrival(raw, "smtp", mail_from, tuple(rcpt_tos)))
 
@@ -89,8 +175,9 @@ class Daemon:
         assert self._work and self._stop
         poll = self.app.settings.worker.poll_seconds
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), timeout=poll)
+            await self._idle(self._work, poll)
+            if self._stop.is_set():
+                break  # a stop ends the pass under way, it starts none
             self._work.clear()
             try:
                 result = await asyncio.to_thread(
@@ -107,8 +194,9 @@ class Daemon:
         assert self._send and self._stop
         s = self.app.settings
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._send.wait(), timeout=s.worker.poll_seconds)
+            await self._idle(self._send, s.worker.poll_seconds)
+            if self._stop.is_set():
+                break  # the stop flushes once itself, after the worker's last pass
             self._send.clear()
             try:
                 result = await asyncio.to_thread(
@@ -128,7 +216,7 @@ class Daemon:
         """The ticket clock: reminders, closings, SLA alerts (woken by the scheduler)."""
         assert self._sweep and self._stop
         while not self._stop.is_set():
-            await self._sweep.wait()
+            await self._idle(self._sweep, None)
             self._sweep.clear()
             if self._stop.is_set():
                 break
@@ -151,6 +239,7 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop, self._work, self._send = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._sweep = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         await asyncio.to_thread(require_current, self.app.engine)
         await asyncio.to_thread(lambda: self.app.desk)  # loads the signing secret once
         # /metrics and /healthz on [metrics] listen, first: a taken port starts nothing else.
@@ -160,9 +249,9 @@ class Daemon:
         if s.smtp.enabled:
             handler = DeskHandler(s.desk.own_addresses, self._submit, s.smtp.max_recipients,
                                   on_stored=self.wake_worker)
+            self.listener = smtp_factory(handler, socket.getfqdn(), s.smtp.max_message_size)
             server = await self._loop.create_server(
-                self.metrics.smtp_sessions.wrap(
-                    smtp_factory(handler, socket.getfqdn(), s.smtp.max_message_size)),
+                self.metrics.smtp_sessions.wrap(self.listener),
                 host=s.smtp.host, port=s.smtp.port, reuse_address=True)
             self.smtp_port = server.sockets[0].getsockname()[1]
             log.info("SMTP listening on %s:%s", s.smtp.host, self.smtp_port)
@@ -180,37 +269,82 @@ class Daemon:
                                 (interval, self._watchdog_ping)
                                 if interval else None)
         sched.start()
+        self._sched = sched
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._stop.set)
+            self._loop.add_signal_handler(signal.SIGHUP, self._start_reload)
         self._work.set()  # whatever was left pending before a restart
         self._send.set()
         self._sweep.set()  # and whatever fell due while we were down
-        # The language detector takes a second or two to build: not on the first mail's time.
-        warm = self._loop.run_in_executor(None, language.warm_up)
         systemd.notify("READY=1\nSTATUS=accepting mail")
+        # The language detector takes a second or two to build: not on the first mail's time.
+        # After READY=1: the build (Rust) can hold the GIL for a while.
+        warm = self._loop.run_in_executor(None, language.warm_up)
         self.ready.set()
         log.info("mailgate ready")
         try:
             await self._stop.wait()
         finally:
-            systemd.notify("STOPPING=1")
+            self._stop.set()  # also when run() is left by an error: the loops end
+            if self.listener is not None:
+                self.listener.drain()  # first: no transaction starts after STOPPING=1
+            systemd.notify("STOPPING=1\nSTATUS=stopping: finishing the mail in flight")
             await asyncio.to_thread(self.metrics.stop)
-            log.info("stopping: no new connections, finishing the current passes")
-            if server is not None:
-                server.close()
-                # A client that keeps its connection open must not hold up the stop.
-                try:
-                    await asyncio.wait_for(server.wait_closed(), timeout=5)
-                except TimeoutError:
-                    log.warning("SMTP clients still connected at stop")
+            log.info("stopping: new SMTP sessions hear 421, the transactions under way finish")
             # Before the loop ends: the pollers call wake_sender() into it.
-            await asyncio.to_thread(imap.stop)
+            imap_stopped = asyncio.ensure_future(asyncio.to_thread(imap.stop))
+            if server is not None and self.listener is not None:
+                await self._drain_smtp(server, self.listener)
+            await imap_stopped
             sched.shutdown(wait=False)
+            # Whatever the intake holds is committed (every 250 already was).
             await asyncio.to_thread(self.intake.stop)
-            self._work.set()
-            self._send.set()
-            self._sweep.set()
+            # The worker and the sender end the pass under way and start none.
             await asyncio.gather(*tasks, warm, return_exceptions=True)
+            await self._final_flush()
             self.app.close()
             log.info("stopped")
+
+    async def _drain_smtp(self, server: asyncio.Server, listener: Listener) -> None:
+        """Newcomers hear 421 while the sessions open finish their transactions; then the
+        listening socket closes. Sessions still open after drain_seconds (a client that
+        idles, or one sending very slowly) are cut with an unsolicited 421: their mail has
+        not been answered 250, so their queue keeps it."""
+        listener.drain()
+        if not await listener.wait_idle(self.drain_seconds):
+            log.warning("%d SMTP sessions still open after %.0f s: closed with 421",
+                        listener.shut_all(), self.drain_seconds)
+        server.close()
+        # Python >= 3.12 waits here for the connections to be gone; they are, or closing.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), timeout=2)
+
+    async def _final_flush(self) -> None:
+        """One outbox flush after the worker's last pass, so that what it just decided
+        (acknowledgements, notifications) leaves now rather than after the restart. In a
+        daemon thread with a deadline: a hanging relay must not hold the exit past
+        TimeoutStopSec (its rows stay leased, then pending, and go after the restart)."""
+        done: Future[sender.FlushResult] = Future()
+        done.set_running_or_notify_cancel()  # so a timeout below cannot cancel it
+
+        def flush() -> None:
+            try:
+                done.set_result(sender.flush(self.app.sessions, self.app.clock,
+                                             self.app.settings.outbound, self.app.transport))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        threading.Thread(target=flush, name="final-flush", daemon=True).start()
+        try:
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)),
+                                            FINAL_FLUSH_SECONDS)
+        except TimeoutError:
+            log.warning("last outbox flush still running after %.0f s; left for the restart",
+                        FINAL_FLUSH_SECONDS)
+        except Exception:
+            log.exception("last outbox flush failed; the outbox keeps its mail")
+        else:
+            if result.sent or result.retrying or result.failed:
+                log.info("last outbox flush: %s sent, %s to retry, %s failed",
+                         result.sent, result.retrying, result.failed)

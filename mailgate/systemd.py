@@ -1,9 +1,10 @@
-"""sd_notify without a dependency: READY, STOPPING, STATUS and the watchdog ping."""
+"""sd_notify without a dependency: READY, RELOADING, STOPPING, STATUS and the watchdog ping."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def notify(message: str) -> bool:
@@ -28,3 +29,9 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 2_000_000
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in µs: what RELOADING=1 carries as MONOTONIC_USEC (systemd >= 253
+    matches it against the reload it asked for, Type=notify-reload)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
