@@ -183,6 +183,7 @@ def imap(account: ImapAccount) -> Result:
     from imapclient.exceptions import IMAPClientError, LoginError
 
     from mailgate.inbound.imap import ImapPoller, PasswordUnreadable
+    from mailgate.inbound.oauth2 import OAuth2Error
 
     name = f"imap {account.name}"
     where = f"{account.host}:{account.port}"
@@ -191,9 +192,13 @@ def imap(account: ImapAccount) -> Result:
         try:
             client = poller._connect()
         except LoginError as exc:
-            return Result(name, FAIL, f"login failed for user {account.username!r} on {where}: "
-                                      f"{_first_line(exc)}; check the account's password "
-                                      "(or password_file)")
+            fix = ("check the OAuth2 settings (oauth2_user, client and tenant)"
+                   if account.auth == "oauth2" else
+                   "check the account's password (or password_file)")
+            return Result(name, FAIL, f"login failed for user {account.login_user!r} on "
+                                      f"{where}: {_first_line(exc)}; {fix}")
+        except OAuth2Error as exc:
+            return Result(name, FAIL, f"no OAuth2 token for {account.login_user!r}: {exc}")
         except PasswordUnreadable as exc:
             return Result(name, FAIL, f"{exc}; fix password_file or its permissions")
         except TimeoutError:
