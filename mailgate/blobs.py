@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import AttachmentSettings
@@ -19,9 +20,16 @@ def _path(settings: AttachmentSettings, digest: str) -> Path:
     return Path(settings.directory) / digest[:2] / digest
 
 
+PURGED = "purged"  # the bytes were removed by the retention sweep (tickets/retention.py)
+
+
 def put(session: Session, settings: AttachmentSettings, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
-    if session.get(Blob, digest) is not None:
+    # FOR SHARE on PostgreSQL: the retention sweep locks a blob FOR UPDATE before it checks
+    # who still uses it, so it never purges one a mail being stored now refers to.
+    existing = session.get(Blob, digest, with_for_update={"read": True})
+    if existing is not None and existing.location != PURGED and not (
+            existing.location == "directory" and not _path(settings, digest).exists()):
         return digest
     if len(data) > settings.max_size:
         blob = Blob(sha256=digest, size=len(data), location="raw", data=None)
@@ -39,13 +47,17 @@ def put(session: Session, settings: AttachmentSettings, data: bytes) -> str:
         blob = Blob(sha256=digest, size=len(data), location="directory", data=None)
     else:
         blob = Blob(sha256=digest, size=len(data), location="database", data=data)
-    session.add(blob)
+    if existing is not None:  # purged (or its file lost): the same bytes arrived again
+        existing.location, existing.data, existing.size = blob.location, blob.data, blob.size
+    else:
+        session.add(blob)
     session.flush()
     return digest
 
 
 def get(session: Session, settings: AttachmentSettings, digest: str) -> bytes | None:
-    """The bytes, or None when they were over the size cap (then only in the raw mail)."""
+    """The bytes, or None when they were over the size cap (then only in the raw mail) or
+    purged by the retention sweep."""
     blob = session.get(Blob, digest)
     if blob is None:
         raise KeyError(digest)
@@ -54,3 +66,24 @@ def get(session: Session, settings: AttachmentSettings, digest: str) -> bytes | 
     if blob.location == "directory":
         return _path(settings, digest).read_bytes()
     return None
+
+
+def purge(session: Session, settings: AttachmentSettings, digests: list[str]) -> int:
+    """Removes the bytes of these blobs, in the database or the directory; the rows stay,
+    marked "purged" (attachments keep their name, size and SHA-256). The caller has locked
+    the rows and checked that nothing still needs them. A file is deleted before the
+    transaction commits: a failed commit leaves a row the next sweep purges again, never a
+    file left behind under a row that says it is gone. Returns the bytes removed."""
+    removed, gone = 0, []
+    for digest, location, size in session.execute(
+            select(Blob.sha256, Blob.location, Blob.size).where(Blob.sha256.in_(digests))):
+        if location == "directory":
+            _path(settings, digest).unlink(missing_ok=True)
+        elif location != "database":
+            continue
+        removed += size
+        gone.append(digest)
+    if gone:
+        session.execute(update(Blob).where(Blob.sha256.in_(gone))
+                        .values(location=PURGED, data=None))
+    return removed

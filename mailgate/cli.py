@@ -18,7 +18,7 @@ import click
 from sqlalchemy.orm import Session
 
 from mailgate import config as config_mod
-from mailgate import views
+from mailgate import logs, views
 from mailgate.app import App
 from mailgate.clock import FixedClock, parse_iso
 from mailgate.db.engine import is_unavailable, reading, transaction
@@ -55,8 +55,8 @@ def _app(ctx: click.Context, clock_at: str | None = None) -> App:
         settings = config_mod.load(path)
     except config_mod.ConfigError as exc:
         raise Fail(f"configuration error: {exc}", EX_CONFIG) from exc
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per event, text or JSON (log_format); under journald without the time.
+    logs.setup(settings.log_level, settings.log_format)
     # aiosmtpd's "mail.log" writes five INFO lines per mail: noise at a desk's volume.
     for noisy in ("alembic", "apscheduler", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -212,6 +212,47 @@ def tick(ctx: click.Context, now: str | None) -> None:
                f"{swept.closed} closed, {swept.warned} SLA warnings, {swept.breached} "
                f"SLA breaches; sent {flushed.sent}, retrying {flushed.retrying}, "
                f"failed {flushed.failed}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only show what would go; change nothing.")
+@click.option("--now", "now", default=None, help="As of this ISO 8601 time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (stable).")
+@click.pass_context
+def purge(ctx: click.Context, dry_run: bool, now: str | None, as_json: bool) -> None:
+    """Retention ([retention]): empty the raw mails and remove the attachment bytes of
+    tickets closed longer ago than raw_days / attachments_days; tickets, their text and
+    their events stay. The daemon's sweep does the same by itself."""
+    from mailgate.db.migrate import require_current
+    from mailgate.tickets import retention
+
+    try:
+        app = _app(ctx, now)
+    except ValueError as exc:
+        raise Fail(f"--now: {exc}", EX_USAGE) from exc
+    with _storage():
+        require_current(app.engine)
+        result = retention.purge(app.sessions, app.settings, app.clock.now(), dry_run=dry_run)
+    _emit(result.as_dict(), as_json, _purge_text)
+
+
+def _purge_text(d: dict[str, Any]) -> str:
+    verb = "would go" if d["dry_run"] else "went"
+    lines = []
+    for name, what in (("raw mails", ("inbound", "outbox")),
+                       ("attachments", ("blobs", "kept_shared"))):
+        p = d["raw" if name == "raw mails" else "attachments"]
+        if not p["enabled"]:
+            key = "raw_days" if name == "raw mails" else "attachments_days"
+            lines.append(f"{name}: kept ([retention] {key} = 0)")
+            continue
+        counts = ", ".join(f"{p[k]} {k.replace('_', ' ')}" for k in what)
+        refs = p["tickets"]
+        shown = " ".join(refs[:20]) + (f" and {len(refs) - 20} more" if len(refs) > 20 else "")
+        lines.append(f"{name} of tickets closed before {p['before']} ({p['days']} days): "
+                     f"{verb}: {len(refs)} tickets, {counts}, {p['bytes']} bytes"
+                     + (f"\n  {shown}" if refs else ""))
+    return "\n".join(lines)
 
 
 # --- tickets -------------------------------------------------------------------------------
@@ -413,6 +454,12 @@ def _show_inbound(app: App, inbound_id: int, as_json: bool, raw: bool) -> None:
         if row is None:
             raise Fail(f"no inbound {inbound_id}", EX_NOINPUT)
         if raw:
+            if not row.raw:  # emptied by retention: say so, never print nothing with 0
+                why = next((s.get("reason", "") for s in reversed(row.trail or [])
+                            if s.get("rule") == "retention"), "")
+                raise Fail(f"inbound {inbound_id}: the raw mail was purged by retention"
+                           + (f" ({why})" if why else "")
+                           + "; `inbound show` still gives its trail", EX_NOINPUT)
             sys.stdout.buffer.write(row.raw)
             return
         data = views.inbound_detail(row)

@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,8 +21,9 @@ from sqlalchemy.orm import Session
 from mailgate.app import App
 from mailgate.clock import Clock
 from mailgate.db.engine import is_unavailable, reading, transaction
-from mailgate.db.models import Event, Inbound
+from mailgate.db.models import Event, Inbound, Ticket
 from mailgate.db.status import InboundStatus
+from mailgate.logs import event
 from mailgate.mail.parse import UnparseableMail, parse
 from mailgate.tickets import facts
 from mailgate.tickets.apply import Context, apply
@@ -73,13 +75,19 @@ def process_one(app: App, inbound_id: int) -> InboundStatus | None:
             row.attempts += 1
             session.add(Event(at=now, kind=f"inbound.{row.status}", ticket_id=row.ticket_id,
                               inbound_id=row.id, detail={"rule": decision.rule}))
-            return outcome.status
+            ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+            line: dict[str, Any] = {"inbound": row.id, "message_id": row.message_id or None,
+                                    "channel": row.channel, "kind": row.kind,
+                                    "outcome": str(outcome.status),
+                                    "ticket": ticket.ref if ticket else None,
+                                    "rule": decision.rule}
+        event(log, "inbound processed", **line)  # once committed: one line per mail
+        return outcome.status
     except Exception as exc:
         if is_unavailable(exc):
             raise
         reason = (f"unparseable: {exc}" if isinstance(exc, UnparseableMail)
                   else f"{type(exc).__name__}: {exc}")
-        log.warning("inbound %s quarantined: %s", inbound_id, reason)
         detail = "".join(traceback.format_exception_only(exc)).strip()
         quarantine(app, inbound_id, reason, detail)
         return InboundStatus.QUARANTINED
@@ -118,6 +126,11 @@ def quarantine(app: App, inbound_id: int, reason: str, detail: str = "") -> None
                                           "reason": reason[:2000]}]
         session.add(Event(at=now, kind="inbound.quarantined", inbound_id=inbound_id,
                           detail={"reason": reason[:2000], "detail": detail[:4000]}))
+        line: dict[str, Any] = {
+            "inbound": inbound_id, "message_id": row.message_id or None,
+            "channel": row.channel, "kind": row.kind or None,
+            "outcome": str(InboundStatus.QUARANTINED), "ticket": None, "reason": reason[:300]}
+    event(log, "inbound quarantined", level=logging.WARNING, **line)
 
 
 def _step_aside(should_yield: Callable[[], bool], limit: float = 2.0) -> None:

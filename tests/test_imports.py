@@ -13,11 +13,12 @@ import mailgate
 PACKAGE = Path(mailgate.__file__).parent
 
 # What each part may import besides itself (first component under `mailgate.`).
-BASE = {"clock", "calendar", "config", "exitcodes"}
+BASE = {"clock", "calendar", "config", "exitcodes", "logs"}
 ALLOWED: dict[str, set[str]] = {
     "clock": set(),
     "calendar": set(),
     "exitcodes": set(),
+    "logs": set(),                       # event lines and their formatters: stdlib only
     "mail": set(),                       # pure mail handling: no tickets, no database
     "config": {"mail"},                  # address syntax only
     "db": {"config"},

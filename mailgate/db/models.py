@@ -128,6 +128,7 @@ class Ticket(Base):
         Index("ix_ticket_assignee", "assignee"),
         Index("ix_ticket_sla_alert_at", "sla_alert_at"),
         Index("ix_ticket_priority", "priority"),
+        Index("ix_ticket_closed_at", "closed_at"),  # the retention sweep (tickets/retention.py)
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -174,7 +175,8 @@ class Inbound(Base):
     """Every mail as it arrived: the raw bytes are the truth, all else is derived."""
 
     __tablename__ = "inbound"
-    __table_args__ = (Index("ix_inbound_status", "status", "id"),)
+    __table_args__ = (Index("ix_inbound_status", "status", "id"),
+                      Index("ix_inbound_ticket_id", "ticket_id"))  # a ticket's mails: retention
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
@@ -236,6 +238,7 @@ class Blob(Base):
 
 class Attachment(Base):
     __tablename__ = "attachment"
+    __table_args__ = (Index("ix_attachment_sha256", "sha256"),)  # who uses a blob: retention
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("message.id"), index=True)
@@ -250,7 +253,8 @@ class Outbox(Base):
     """Mail to send, written in the transaction that decided to send it."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),
+                      Index("ix_outbox_ticket_id", "ticket_id"))  # a ticket's mails: retention
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"))

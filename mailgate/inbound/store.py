@@ -7,6 +7,7 @@ ignoring the trace headers that differ per route, is stored once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,9 @@ from mailgate.db import writelock
 from mailgate.db.engine import StorageUnavailable, core_transaction, is_unavailable
 from mailgate.db.models import Inbound
 from mailgate.db.status import InboundStatus
+from mailgate.logs import event
+
+log = logging.getLogger(__name__)
 
 TRACE_HEADERS = frozenset(
     {b"received", b"return-path", b"delivered-to", b"x-original-to", b"x-received"})
@@ -133,6 +137,10 @@ def store_many(factory: sessionmaker[Session], clock: Clock,
             seen.add(key)
         else:
             out.append(Stored(known.get(key) or new[key], duplicate=True))
+    for values, stored in zip(rows, out, strict=True):  # committed: one line per mail
+        event(log, "inbound stored", inbound=stored.inbound_id, channel=values["channel"],
+              message_id=values["message_id"] or None, size=values["size"],
+              duplicate=stored.duplicate)
     return out
 
 

@@ -20,14 +20,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.clock import Clock
 from mailgate.config import OutboundSettings
 from mailgate.db.engine import transaction
-from mailgate.db.models import Event, Outbox
+from mailgate.db.models import Event, Outbox, Ticket
 from mailgate.db.status import OutboxStatus
+from mailgate.logs import event
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=2)
@@ -201,9 +202,6 @@ def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSet
         values["sent_at"] = now
     elif status == OutboxStatus.PENDING:
         values["next_attempt_at"] = now + backoff(settings, row.attempts + 1)
-        log.warning("outbox %s to %s: will retry: %s", row.id, row.recipients, error)
-    else:
-        log.error("outbox %s to %s failed for good: %s", row.id, row.recipients, error)
     with transaction(factory) as session:
         # Only a row still ours to settle: a bounce may already have marked it failed while
         # we were talking to the relay, and that verdict must stand.
@@ -214,12 +212,23 @@ def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSet
         if status != OutboxStatus.PENDING:
             session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
                               outbox_id=row.id, detail={"error": error} if error else {}))
+        ref = session.execute(select(Ticket.ref).where(Ticket.id == row.ticket_id)
+                              ).scalar_one_or_none() if row.ticket_id else None
+    # One line per row settled: sent, retrying ("pending", with the next try), failed.
+    event(log, {OutboxStatus.SENT: "outbox sent", OutboxStatus.PENDING: "outbox will retry",
+                OutboxStatus.FAILED: "outbox failed for good"}[status],
+          level={OutboxStatus.SENT: logging.INFO, OutboxStatus.PENDING: logging.WARNING,
+                 OutboxStatus.FAILED: logging.ERROR}[status],
+          outbox=row.id, ticket=ref, kind=row.kind, outcome=str(status),
+          to=row.recipients, attempts=row.attempts + 1, error=error or None)
     return status
 
 
 def retry(session: Session, clock: Clock, outbox_id: int | None = None) -> int:
     """Make failed (or waiting) rows due now; `mailgate outbox retry`."""
-    stmt = update(Outbox).where(Outbox.status.in_((OutboxStatus.FAILED, OutboxStatus.PENDING)))
+    stmt = update(Outbox).where(Outbox.status.in_((OutboxStatus.FAILED, OutboxStatus.PENDING)),
+                                # emptied by retention (tickets/retention.py): nothing to send
+                                func.length(Outbox.raw) > 0)
     if outbox_id is not None:
         stmt = stmt.where(Outbox.id == outbox_id)
     result = session.execute(stmt.values(status=OutboxStatus.PENDING, next_attempt_at=clock.now(),

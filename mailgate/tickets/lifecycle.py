@@ -20,7 +20,7 @@ from mailgate.db.engine import transaction
 from mailgate.db.models import Message, Site, Ticket
 from mailgate.mail.references import TicketRef
 from mailgate.outbound.compose import Outgoing
-from mailgate.tickets import autoanswer, duetimes, notify, service
+from mailgate.tickets import autoanswer, duetimes, notify, retention, service
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.states import State
 
@@ -33,6 +33,10 @@ class SweepResult:
     reminded: int = 0
     warned: int = 0
     breached: int = 0
+    # Retention ([retention]): tickets whose raw mails / attachments were purged. Not in
+    # total, which counts the mails a sweep wrote.
+    raw_purged: int = 0
+    attachments_purged: int = 0
 
     @property
     def total(self) -> int:
@@ -167,7 +171,25 @@ def _sla(session: Session, desk: Desk, now: datetime, batch: int, r: SweepResult
     return len(rows)
 
 
-STEPS = (_close, _remind, _sla)  # closing first: a ticket whose closing is due is just closed
+def _purge_raw(session: Session, desk: Desk, now: datetime, batch: int,
+               r: SweepResult) -> int:
+    out = retention.Part()
+    seen = retention.purge_batch(session, desk.settings, retention.RAW, now, batch, out)
+    r.raw_purged += len(out.tickets)
+    return seen
+
+
+def _purge_attachments(session: Session, desk: Desk, now: datetime, batch: int,
+                       r: SweepResult) -> int:
+    out = retention.Part()
+    seen = retention.purge_batch(session, desk.settings, retention.ATTACHMENTS, now, batch, out)
+    r.attachments_purged += len(out.tickets)
+    return seen
+
+
+# Closing first: a ticket whose closing is due is just closed. Retention last (a no-op while
+# [retention] is off); it walks the closed_at index from its own cursor (tickets/retention.py).
+STEPS = (_close, _remind, _sla, _purge_raw, _purge_attachments)
 
 
 def sweep(sessions: sessionmaker[Session], desk: Desk, now: datetime,
