@@ -65,7 +65,10 @@ def _app(ctx: click.Context, clock_at: str | None = None) -> App:
     logging.getLogger("mailparser").setLevel(logging.ERROR)
     app = App(settings)
     if clock_at:
-        app.clock = FixedClock(parse_iso(clock_at))
+        try:
+            app.clock = FixedClock(parse_iso(clock_at))
+        except ValueError as exc:
+            raise Fail(f"--now: {exc}", EX_USAGE) from exc
     ctx.call_on_close(app.close)
     return app
 
@@ -192,10 +195,7 @@ def tick(ctx: click.Context, now: str | None) -> None:
     from mailgate.tickets import lifecycle
     from mailgate.worker import process_pending
 
-    try:
-        app = _app(ctx, now)
-    except ValueError as exc:
-        raise Fail(f"--now: {exc}", EX_USAGE) from exc
+    app = _app(ctx, now)
     with _storage():
         require_current(app.engine)
         processed = 0
@@ -226,10 +226,7 @@ def purge(ctx: click.Context, dry_run: bool, now: str | None, as_json: bool) -> 
     from mailgate.db.migrate import require_current
     from mailgate.tickets import retention
 
-    try:
-        app = _app(ctx, now)
-    except ValueError as exc:
-        raise Fail(f"--now: {exc}", EX_USAGE) from exc
+    app = _app(ctx, now)
     with _storage():
         require_current(app.engine)
         result = retention.purge(app.sessions, app.settings, app.clock.now(), dry_run=dry_run)
