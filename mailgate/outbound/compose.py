@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -17,6 +18,8 @@ from email.policy import SMTP
 from email.utils import format_datetime
 
 from mailgate.mail.addresses import is_valid_address
+from mailgate.mail.attachments import display_name
+from mailgate.mail.parse import ParsedAttachment
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
 
@@ -32,6 +35,13 @@ class OutAttachment:
     filename: str        # already made safe for display (mail/attachments.display_name)
     content_type: str
     data: bytes
+
+
+def attach(parts: Iterable[ParsedAttachment], max_size: int) -> tuple[OutAttachment, ...]:
+    """A received mail's attachments, to go along with a mail we send (names made safe;
+    larger ones stay only in the stored raw mail)."""
+    return tuple(OutAttachment(display_name(a.filename, a.content_type), a.content_type,
+                               a.payload) for a in parts if len(a.payload) <= max_size)
 
 
 @dataclass(frozen=True)

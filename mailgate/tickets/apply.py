@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from mailgate.db.models import Inbound, Ticket
 from mailgate.db.status import InboundStatus
 from mailgate.mail.parse import ParsedMail
-from mailgate.mail.urgency import urgency
 from mailgate.tickets import access, agentwork, bounces, notify, service
 from mailgate.tickets.agentwork import Actor
 from mailgate.tickets.commands import AgentCommand, BadLine
@@ -85,7 +84,8 @@ def create(c: Context) -> Outcome:
                 sender = access.identify(c.session, requester)
         body = cmd.text if cmd is not None else c.mail.text
     ticket = service.create_ticket(c.session, c.desk, c.mail, c.inbound, sender,
-                                   c.now, linked_to=linked_to, body=body)
+                                   c.now, linked_to=linked_to, body=body,
+                                   urgent=c.facts.urgency)
     if cmd is not None and c.facts.sender.agent is not None:
         if sender.address != c.mail.from_addr:
             service.event(c.session, c.now, "ticket.requester", ticket, c.inbound,
@@ -104,7 +104,7 @@ def _announce(c: Context, ticket: Ticket, event: str, text: str,
               became_urgent: bool = True) -> None:
     """The agents (for a complaint: the Service Manager) hear of it; a ticket that becomes
     urgent with this mail also alerts the on-duty address, once."""
-    evidence = urgency(c.mail)
+    evidence = c.facts.urgency
     if (became_urgent and ticket.priority == "urgent" and evidence is not None
             and ticket.kind != "complaint"):
         notify.alert_on_duty(c.session, c.desk, ticket, c.now, evidence.evidence, c.inbound,
@@ -116,7 +116,8 @@ def _announce(c: Context, ticket: Ticket, event: str, text: str,
 
 def append(c: Context) -> Outcome:
     ticket = c.ticket()
-    escalated = service.append_follow_up(c.session, c.desk, ticket, c.mail, c.inbound, c.now)
+    escalated = service.append_follow_up(c.session, c.desk, ticket, c.mail, c.inbound, c.now,
+                                         c.facts.urgency)
     _announce(c, ticket, "follow-up", display_text(c.mail), became_urgent=escalated)
     return Outcome(InboundStatus.TICKET, ticket.id)
 
@@ -126,7 +127,8 @@ def complaint(c: Context) -> Outcome:
     own acknowledgement from the complaints address, and the Service Manager told."""
     about = c.ticket() if c.decision.ticket is not None else _mentioned(c)
     ticket = service.create_ticket(c.session, c.desk, c.mail, c.inbound, c.facts.sender,
-                                   c.now, linked_to=about, kind="complaint")
+                                   c.now, linked_to=about, kind="complaint",
+                                   urgent=c.facts.urgency)
     _announce(c, ticket, "complaint", display_text(c.mail))
     return Outcome(InboundStatus.TICKET, ticket.id)
 

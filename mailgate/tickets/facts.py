@@ -9,6 +9,7 @@ from mailgate.db.models import Ticket
 from mailgate.mail import authenticity, automatic
 from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import find_tag
+from mailgate.mail.urgency import urgency
 from mailgate.tickets import access
 from mailgate.tickets.commands import parse_command
 from mailgate.tickets.desk import Desk
@@ -60,4 +61,4 @@ def gather(session: Session, desk: Desk, mail: ParsedMail, raw: bytes,
         accept_unknown=s.access.unknown_senders == "accept",
         automatic=automatic.detect(mail), authenticity=verdict, command=command,
         to_comment=to_comment, to_complaints=s.desk.complaints_address.lower() in recipients,
-        accept_stranger_complaints=s.access.complaints_from_strangers)
+        accept_stranger_complaints=s.access.complaints_from_strangers, urgency=urgency(mail))

@@ -15,13 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate.db.models import Agent, Editor, Inbound, Message, Outbox, Site, Ticket
-from mailgate.mail.attachments import display_name
 from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import TicketRef
-from mailgate.outbound.compose import OutAttachment, Outgoing
+from mailgate.outbound.compose import OutAttachment, Outgoing, attach
 from mailgate.outbound.outbox import enqueue
 from mailgate.tickets.commands import ACCEPTED, BadLine
 from mailgate.tickets.desk import Desk
+from mailgate.tickets.text import display_text
 
 # Agents reply above this line; everything from it on is cut from what reaches the editor.
 MARKER = "##- reply above / antwoord hierboven / répondez au-dessus -##"  # < 72 columns
@@ -83,14 +83,6 @@ def _since_last_notice(session: Session, ticket: Ticket) -> list[AutoReplySeen]:
             for m in session.execute(stmt.order_by(Message.id)).scalars()]
 
 
-def attachments_of(mail: ParsedMail | None, max_size: int) -> tuple[OutAttachment, ...]:
-    if mail is None:
-        return ()
-    return tuple(OutAttachment(display_name(a.filename, a.content_type), a.content_type,
-                               a.payload)
-                 for a in mail.attachments if len(a.payload) <= max_size)
-
-
 def send_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, to: tuple[str, ...],
           body: str, now: datetime, inbound: Inbound | None,
           attachments: tuple[OutAttachment, ...] = (), subject: str = "") -> None:
@@ -123,7 +115,7 @@ def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: dateti
         select(Editor).where(Editor.email == ticket.requester)).scalar_one_or_none()
     missing = list(ticket.missing or [])
     due = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
-    files = attachments_of(mail, s.attachments.max_size)
+    files = attach(mail.attachments if mail else (), s.attachments.max_size)
     seen = [AutoReplySeen(a.sender, a.at.astimezone(s.tz), a.text)
             for a in _since_last_notice(session, ticket)]
     _lang, body = desk.renderer.render(
@@ -144,11 +136,7 @@ def alert_on_duty(session: Session, desk: Desk, ticket: Ticket, now: datetime, e
     if not duty:
         return False
     return notify(session, desk, ticket, "urgent", now, inbound=inbound, mail=mail,
-                  text=mail_text(mail), to=(duty,), urgent=evidence)
-
-
-def mail_text(mail: ParsedMail | None) -> str:
-    return (mail.new_text or mail.text) if mail is not None else ""
+                  text=display_text(mail) if mail else "", to=(duty,), urgent=evidence)
 
 
 def copy_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, text: str,
@@ -165,7 +153,7 @@ def copy_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, text
         agent_name=agent_name or agent_email, agent_email=agent_email, text=text.strip(),
         desk=s.desk, marker=MARKER)
     send_to_agents(session, desk, ticket, f"{kind}-copy", to, body, now, inbound,
-          attachments_of(mail, s.attachments.max_size))
+          attach(mail.attachments if mail else (), s.attachments.max_size))
     return True
 
 

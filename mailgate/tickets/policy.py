@@ -16,6 +16,7 @@ from enum import StrEnum
 from mailgate.mail.authenticity import Verdict
 from mailgate.mail.automatic import Automatic
 from mailgate.mail.parse import ParsedMail
+from mailgate.mail.urgency import Urgency
 from mailgate.tickets.access import Sender
 from mailgate.tickets.commands import AgentCommand, BadLine
 from mailgate.tickets.states import State
@@ -75,6 +76,7 @@ class Facts:
     command: AgentCommand | None = None   # parsed for agents only: an editor's '#' is text
     to_comment: bool = False              # addressed to desk.comment_address
     to_complaints: bool = False           # addressed to desk.complaints_address
+    urgency: Urgency | None = None        # marked urgent (mail/urgency.py), or not
     accept_stranger_complaints: bool = True
 
 

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from mailgate import blobs
 from mailgate.db.models import (
-    Agent,
     Attachment,
     Counter,
     Editor,
@@ -25,8 +24,8 @@ from mailgate.mail import language
 from mailgate.mail.attachments import display_name
 from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import TicketRef, remove_tags, strip_prefixes
-from mailgate.mail.urgency import urgency
-from mailgate.outbound.compose import OutAttachment, Outgoing
+from mailgate.mail.urgency import Urgency
+from mailgate.outbound.compose import Outgoing, attach
 from mailgate.outbound.outbox import enqueue
 from mailgate.tickets import autoanswer, completeness, duetimes
 from mailgate.tickets.access import AgentInfo, EditorInfo, Sender
@@ -113,16 +112,17 @@ def choose_language(desk: Desk, mail: ParsedMail, editor: EditorInfo | None,
 
 def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbound,
                   sender: Sender, now: datetime, *, linked_to: Ticket | None = None,
-                  kind: str = "request", body: str | None = None) -> Ticket:
+                  kind: str = "request", body: str | None = None,
+                  urgent: Urgency | None = None) -> Ticket:
     """A new ticket for ``sender`` (the requester, who gets the acknowledgement); ``body``
-    replaces the mail's new text as what agents read (an agent's forward keeps it whole)."""
+    replaces the mail's new text as what agents read (an agent's forward keeps it whole);
+    ``urgent``: what marked the mail urgent (the facts have it)."""
     s = desk.settings
     editor = sender.editor
     known_sites = frozenset(session.execute(select(Site.site_id)).scalars())
     reading = completeness.read(mail, editor, known_sites)
     recipients = (*mail.to, *mail.cc, *(a for a in inbound.envelope_to.split(",") if a))
     lang, german = choose_language(desk, mail, editor, recipients)
-    urgent = urgency(mail)
     due, alert_at = first_response(desk, now, urgent is not None)
     number = next_number(session)
     ref = TicketRef(s.desk.ticket_prefix, number)
@@ -145,6 +145,7 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
           language=lang, urgent=urgent.evidence if urgent else None)
     _acknowledge(session, desk, ticket, mail, inbound, now, linked_to,
                  to=None if sender.address == mail.from_addr else sender.address,
+                 registered=sender.known,
                  other_site=reading.other_site, several=reading.several_requests,
                  german=german)
     return ticket
@@ -161,7 +162,8 @@ def _thread(mail: ParsedMail) -> tuple[str, tuple[str, ...]]:
 
 def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
                  inbound: Inbound, now: datetime, linked_to: Ticket | None,
-                 to: str | None = None, other_site: str | None = None, several: bool = False,
+                 to: str | None = None, registered: bool = False,
+                 other_site: str | None = None, several: bool = False,
                  german: bool = False) -> None:
     """The ticket number, the due time, what is missing — and, for an urgent incident, first
     of all the call to phone the desk quoting the number. A complaint gets its own text,
@@ -169,9 +171,6 @@ def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
     s = desk.settings
     to = to or _answer_to(mail)
     # A registered person's acknowledgement is the desk's promise: only a loop may stop it.
-    registered = session.execute(select(Editor.id).where(Editor.email == to)).first() \
-        is not None or session.execute(select(Agent.id).where(Agent.email == to)).first() \
-        is not None
     per_hour = s.access.acks_per_hour if registered and not autoanswer.bouncing(
         session, to, now) else s.access.auto_replies_per_hour
     if not autoanswer.allow(session, to, "ack", now, per_hour, inbound.id, ticket.id,
@@ -209,7 +208,7 @@ def send(session: Session, out: Outgoing, kind: str, ticket: Ticket | None,
 
 
 def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
-                     inbound: Inbound, now: datetime) -> bool:
+                     inbound: Inbound, now: datetime, evidence: Urgency | None = None) -> bool:
     """The editor's mail on the ticket: it fills what the request lacked, may make the
     ticket urgent, and puts a waiting or resolved ticket back to open. True if it made the
     ticket urgent."""
@@ -221,7 +220,6 @@ def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedM
         event(session, now, "ticket.completed", ticket, inbound, items=filled,
               by=mail.from_addr)
     escalated = False
-    evidence = urgency(mail)
     if evidence is not None and ticket.priority != "urgent" and ticket.kind != "complaint":
         event(session, now, "ticket.priority", ticket, inbound,
               **{"from": ticket.priority, "to": "urgent", "by": mail.from_addr,
@@ -322,10 +320,7 @@ def agent_reply(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
             subject=f"{ref.tag} {ticket.subject}", body=body, message_id=desk.ids.make(ref),
             in_reply_to=in_reply_to, references=refs, auto_submitted="", language=language,
             loop_marker=s.desk.address, date=now,
-            attachments=tuple(OutAttachment(display_name(a.filename, a.content_type),
-                                            a.content_type, a.payload)
-                              for a in mail.attachments
-                              if len(a.payload) <= s.attachments.max_size))
+            attachments=attach(mail.attachments, s.attachments.max_size))
         send(session, out, template, ticket, inbound, body)
     if ticket.first_response_at is None:
         ticket.first_response_at = now
