@@ -96,6 +96,9 @@ class OutboundSettings:
     retry_base_seconds: float = 4.0
     retry_max_seconds: float = 300.0
     timeout_seconds: float = 30.0
+    # How long a claimed row is ours before another pass (or instance) may take it: a sender
+    # killed mid-send leaves its rows leased this long, then they go again (at-least-once).
+    lease_seconds: float = 120.0
 
     @property
     def uses_relay(self) -> bool:
@@ -134,6 +137,9 @@ class ImapAccount:
     oauth2_scope: str = ""
     # The mailbox logged in to with the token; "" = username.
     oauth2_user: str = ""
+    # PostgreSQL: one instance polls the account at a time (inbound/leader.py); the others
+    # try to take over this often, so a killed poller is replaced within this many seconds.
+    leader_retry_seconds: float = 15.0
 
     @property
     def login_user(self) -> str:

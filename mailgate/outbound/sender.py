@@ -154,25 +154,28 @@ def backoff(settings: OutboundSettings, attempts: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.8, 1.0))
 
 
-def _claim(factory: sessionmaker[Session], clock: Clock, limit: int) -> list[Outbox]:
+def _claim(factory: sessionmaker[Session], clock: Clock, limit: int,
+           lease: timedelta = LEASE) -> list[Outbox]:
     now = clock.now()
     with transaction(factory) as session:
         rows = list(session.execute(
             select(Outbox)
             .where(Outbox.status == OutboxStatus.PENDING, Outbox.next_attempt_at <= now,
                    or_(Outbox.lease_until.is_(None), Outbox.lease_until < now))
-            .order_by(Outbox.next_attempt_at, Outbox.id)
+            # Oldest first among the due rows: after an outage the backlog leaves in the
+            # order it was written (ids grow with creation).
+            .order_by(Outbox.id)
             .limit(limit)
             .with_for_update(skip_locked=True)).scalars())
         for row in rows:
-            row.lease_until = now + LEASE
+            row.lease_until = now + lease
         return rows
 
 
 def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
           transport: Transport, limit: int = 100) -> FlushResult:
     sent = retrying = failed = 0
-    rows = _claim(factory, clock, limit)
+    rows = _claim(factory, clock, limit, timedelta(seconds=settings.lease_seconds))
     if not rows:
         return FlushResult()
     with transport.batch():
