@@ -59,7 +59,7 @@ def process_one(app: App, inbound_id: int) -> InboundStatus | None:
                 .with_for_update(skip_locked=True)).scalar_one_or_none()
             if row is None:
                 return None
-            mail = parse(row.raw)
+            mail = parse(row.raw, row.envelope_from)  # the sender of last resort
             found = facts.gather(session, desk, mail, row.raw,
                                  tuple(a for a in row.envelope_to.split(",") if a))
             decision, trail = classify(found)

@@ -69,7 +69,7 @@ Check = Callable[[ParsedMail], Finding]
 
 # --- helpers ------------------------------------------------------------------------------
 
-_REPLY_PREFIX = re.compile(r"^\s*(?:re|aw|antw|sv|vs|r|rif|ref|fwd?|fw|tr|wg|doorst)\s*"
+_REPLY_PREFIX = re.compile(r"^\s*(?:re|aw|antw|sv|vs|r|rif|ref|fwd?|fw|tr|wg|w\.|doorst)\s*"
                            r"(?:\[\d+\])?\s*:", re.IGNORECASE)
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 # "550 5.1.1", "550-5.1.1", "550 #5.1.1", "(#5.1.1)" in a bounce's text.
@@ -190,13 +190,41 @@ def delivery_failure_subject(mail: ParsedMail) -> Finding:
 
 
 def null_sender_failure_text(mail: ParsedMail) -> Finding:
-    """A null sender (``Return-Path: <>`` or ``From: <>``) whose text says delivery failed."""
+    """A null sender (``Return-Path: <>``, ``From: <>``, ``From: Some Name <>``) whose text
+    says delivery failed."""
     if _person_says_no(mail):
         return None
-    if not (_null_return_path(mail) or mail.header("from").replace(" ", "") == "<>"):
+    if not (_null_return_path(mail) or re.search(r"<\s*>", mail.header("from"))):
         return None
     m = _BODY_FAILURE.search(mail.text[:5000])
     return (BOUNCE, f"null sender, text says {m.group(0)!r}") if m else None
+
+
+# A failure phrase at the end of a subject, after the original subject: "RE: Offerte :
+# non remis (delivery failed)", "Your order - Undeliverable".
+_TRAILING_FAILURE = re.compile(
+    r"[:\-(\[]\s*(?:non remis|delivery failed|undeliverable|undelivered|not delivered|"
+    r"unzustellbar|nicht zugestellt|onbestelbaar|niet bezorgd|non distribuable|"
+    r"delivery failure|returned mail)\b[^:]{0,40}$", re.IGNORECASE)
+# "your message could not be delivered to jan@site.example": the failure and the address.
+_FAILED_TO_ADDRESS = re.compile(
+    r"(?:could not be delivered|couldn't be delivered|was not delivered|n'a pas pu [êe]tre "
+    r"(?:remis|distribu[ée]|d[ée]livr[ée])|kon niet worden bezorgd|konnte nicht zugestellt)"
+    r"[^@\n]{0,80}?[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+", re.IGNORECASE)
+
+
+def failure_report_from_mailbox(mail: ParsedMail) -> Finding:
+    """A plain-text failure report sent from an ordinary mailbox (a gateway or a provider
+    that answers as the recipient): the failure named at the end of the subject, and the
+    text naming the address the message could not be delivered to. Answering it would be
+    backscatter."""
+    if _person_says_no(mail):
+        return None
+    if not _TRAILING_FAILURE.search(mail.subject):
+        return None
+    m = _FAILED_TO_ADDRESS.search(mail.text[:5000])
+    return (BOUNCE, f"Subject: {mail.subject[:80]}; text says {m.group(0)[:60]!r}") if m \
+        else None
 
 
 # --- checks: auto-replies -----------------------------------------------------------------
@@ -334,8 +362,15 @@ def noreply_sender(mail: ParsedMail) -> Finding:
 
 
 def no_sender(mail: ParsedMail) -> Finding:
-    """No usable From address: only a delivery system's mail gets this far (see parse)."""
-    return (BOUNCE, f"From: {mail.header('from') or '(none)'}") if not mail.from_addr else None
+    """No usable sender address at all, and a text that says delivery failed: a delivery
+    system's report whose From is broken (``"Mail Delivery" <\\"x\\"@y>``, a name alone).
+    Other mail without a sender is no machine's for sure: the policy ignores it as such."""
+    if mail.from_addr or _person_says_no(mail):
+        return None
+    m = _BODY_FAILURE.search(mail.text[:5000]) or _FAILURE_SUBJECTS.match(mail.subject)
+    return (BOUNCE, f"From: {mail.header('from') or '(none)'}, "
+                    f"{'text' if _BODY_FAILURE.search(mail.text[:5000]) else 'subject'} "
+                    f"says {m.group(0)[:60]!r}") if m else None
 
 
 # Order is policy; first hit wins (see the module docstring).
@@ -348,6 +383,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("delivery-system-sender", delivery_system_sender),
     ("delivery-failure-subject", delivery_failure_subject),
     ("null-sender-failure-text", null_sender_failure_text),
+    ("failure-report-from-mailbox", failure_report_from_mailbox),
     ("other-report", other_report),
     ("auto-submitted", auto_submitted),
     ("autoreply-headers", autoreply_headers),

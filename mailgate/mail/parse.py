@@ -7,8 +7,25 @@ Robustness rules (the raw bytes are always kept in the database, so display text
 approximate, but nothing may crash and nothing may vanish without a trace):
 
 - Header fields: RFC 2047 encoded words and raw 8-bit (RFC 6532) values are decoded by us,
-  charset by charset: an unknown or wrong charset falls back to UTF-8, then windows-1252 with
-  U+FFFD for what is left; lone surrogates and NUL never reach a field.
+  charset by charset: an unknown or wrong charset falls back to UTF-8, then a detector
+  (charset-normalizer), then windows-1252 with U+FFFD for what is left. Raw 8-bit values with
+  no charset of their own are read as UTF-8 when they are, else in the charsets the message
+  declares elsewhere (its parts, its encoded words), else as the detector says over all of
+  the message's 8-bit header bytes. Lone surrogates and NUL never reach a field. Encoded
+  words with spaces inside (against RFC 2047, some clients write them) are decoded.
+- Header lines a gateway unfolded (continuation lines that lost their leading space) are put
+  back as continuations when a known header field follows them, so From, To and Subject do
+  not fall into the body.
+- The sender: the first usable address of the From fields (several From fields: the first
+  good one; a trailing dot after the domain dropped), else Sender, Reply-To, the envelope
+  sender, Return-Path — never a piece of an address: ``<power quadrant system@x>`` is no
+  address, and ``system@x`` is not guessed out of it. A mail with no usable sender at all is
+  parsed (``from_addr == ""``): it may be a bounce, and the desk ignores it with that reason.
+- Body text parts declared in a charset that is really a subset of what was written
+  (GB2312 holding GBK, Shift_JIS holding cp932, …) are decoded in the superset; a part whose
+  declared charset fails is decoded in the detected one.
+- MIME nested deeper than :data:`MAX_DEPTH` levels: the parts below are not read (a line in
+  the text says so); the mail is kept and parsed, never refused for it.
 - Every part that is not body text becomes a :class:`ParsedAttachment` (inline images with their
   Content-ID, ``winmail.dat`` as ``application/ms-tnef``, enclosed ``message/rfc822`` as an
   ``.eml`` holding the whole enclosed message); parts of a delivery report are exposed as
@@ -35,6 +52,7 @@ from email.parser import HeaderParser
 from email.utils import getaddresses
 
 import mailparser
+from charset_normalizer import from_bytes as _detect_charsets
 
 from mailgate.mail.addresses import is_valid_address, normalize
 from mailgate.mail.htmltext import html_to_text
@@ -100,6 +118,9 @@ class ParsedMail:
     report_type: str = ""
     delivery_status: tuple[dict[str, str], ...] = ()
     returned_headers: dict[str, str] = field(default_factory=dict)
+    # Where from_addr came from: "from", "sender", "reply-to", "envelope", "return-path";
+    # "" when the mail names no usable sender.
+    sender_header: str = "from"
 
     def __post_init__(self) -> None:
         if not self.new_text:
@@ -121,8 +142,12 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
-_MAX_DEPTH = 60
+# The encoded text may hold spaces: "=?UTF-8?Q? Personal=C3=A4nderung?=" (against RFC 2047,
+# written by some clients); it never holds "?", so a match ends at the first "?=".
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([QqBb])\?([^?\r\n]*)\?=")
+MAX_DEPTH = 60
+_TOO_DEEP = (f"[MIME parts nested deeper than {MAX_DEPTH} levels were not read; "
+             "the raw mail is kept]")
 
 # What mail says vs. what it means (WHATWG encoding practice: declared charsets are often the
 # subset of what was really used), and spellings Python does not know.
@@ -147,19 +172,120 @@ def _codec(charset: str | None) -> str:
         return "utf-8"
 
 
+# The legacy charsets mail is written in, for the detector to choose from (it would otherwise
+# also consider UTF-16 and the like, which no header is written in).
+_DETECT_AMONG = ["gb18030", "cp932", "euc_jp", "big5hkscs", "cp949", "cp1251", "koi8_r",
+                 "cp1250", "cp1252", "iso8859_2", "cp1253", "cp1254", "cp1255", "cp1256",
+                 "cp1257", "cp874", "iso2022_jp"]
+
+
+# Single-byte charsets the detector confuses with windows-1252 on short Western text
+# ("Problème" read as windows-1250 "Problčme"): the desk's mail is Western European first.
+_NEAR_CP1252 = {"cp1250", "iso8859-2", "cp1257", "cp1254", "iso8859-15", "iso8859-9"}
+
+
+def detect_charset(data: bytes) -> str | None:
+    """The codec charset-normalizer finds for these bytes, among the charsets mail is written
+    in; ``None`` when it finds none. Reliable from a few dozen 8-bit bytes on, not below."""
+    try:
+        best = _detect_charsets(data, cp_isolation=_DETECT_AMONG).best()
+    except Exception:  # a detector bug must not stop the parse
+        return None
+    if best is None:
+        return None
+    codec = _codec(best.encoding)
+    if codec in _NEAR_CP1252 and _strict(data, "cp1252") is not None:
+        return "cp1252"
+    return codec
+
+
+def _strict(data: bytes, codec: str) -> str | None:
+    try:
+        return data.decode(codec)
+    except (UnicodeError, LookupError):
+        return None
+
+
 def decode_bytes(data: bytes, charset: str | None = None) -> str:
     """Text from bytes in a declared charset; never raises, never returns surrogates.
 
-    The declared charset first (unknown names: UTF-8), then UTF-8, then windows-1252 with
-    U+FFFD for undefined bytes.
+    The declared charset first (unknown names: UTF-8), then UTF-8, then the detected
+    charset, then windows-1252 with U+FFFD for undefined bytes.
     """
     for name in (_codec(charset), "utf-8"):
-        try:
-            text = data.decode(name)
-        except (UnicodeError, LookupError):
-            continue
+        text = _strict(data, name)
+        if text is not None:
+            return _SURROGATE.sub("\ufffd", text)
+    detected = detect_charset(data)
+    text = _strict(data, detected) if detected else None
+    if text is not None:
         return _SURROGATE.sub("\ufffd", text)
     return _SURROGATE.sub("\ufffd", data.decode("cp1252", "replace"))
+
+
+class Charsets:
+    """How one message's raw 8-bit header bytes (no charset of their own) are read.
+
+    UTF-8 when they are valid UTF-8 (legacy 8-bit text almost never is by accident); else the
+    charsets the message declares for its parts and encoded words, in order (a mail written
+    in GBK declares gb2312 in its Content-Type and leaves its file names raw); else what the
+    detector finds over all the message's 8-bit header bytes together (one short name alone
+    is too little for it); else windows-1252.
+    """
+
+    def __init__(self, declared: tuple[str, ...] = (), sample: bytes = b"") -> None:
+        self.declared = declared
+        self._sample = sample
+        self._detected: str | bool | None = False   # False: not looked for yet
+
+    def detected(self) -> str | None:
+        if self._detected is False:
+            self._detected = detect_charset(self._sample) if self._sample else None
+        return self._detected if isinstance(self._detected, str) else None
+
+    def text(self, data: bytes) -> str:
+        if data.isascii():
+            return data.decode("ascii")
+        for codec in ("utf-8", *self.declared):
+            text = _strict(data, codec)
+            if text is not None:
+                return _SURROGATE.sub("\ufffd", text)
+        detected = self.detected() or detect_charset(data)
+        text = _strict(data, detected) if detected else None
+        if text is not None:
+            return _SURROGATE.sub("\ufffd", text)
+        return _SURROGATE.sub("\ufffd", data.decode("cp1252", "replace"))
+
+
+_PLAIN = Charsets()
+_CHARSET_PARAM = re.compile(rb"charset\s*=\s*\"?([A-Za-z0-9._:+-]+)", re.IGNORECASE)
+
+
+def message_charsets(msg: Message) -> Charsets:
+    """The charsets this message declares (parts first, then encoded words), and the sample
+    of its 8-bit header bytes for the detector."""
+    declared: dict[str, None] = {}
+    sample = bytearray()
+    parts: list[Message] = [msg]
+    seen = 0
+    while parts and seen < 200:   # bounded: a hostile mail may have thousands of parts
+        part = parts.pop(0)
+        seen += 1
+        for _name, value in part.raw_items():
+            data = _as_bytes(value)
+            if not data.isascii():
+                sample += data + b"\n"
+            for m in _ENCODED_WORD.finditer(data):
+                declared.setdefault(_codec(m.group(1).split(b"*", 1)[0].decode(
+                    "ascii", "replace")), None)
+        charset = _CHARSET_PARAM.search(_as_bytes(part.get("Content-Type", "")))
+        if charset:
+            declared.setdefault(_codec(charset.group(1).decode("ascii", "replace")), None)
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            parts.extend(p for p in payload if isinstance(p, Message))
+    declared.pop("utf-8", None)
+    return Charsets(tuple(declared), bytes(sample[:20000]))
 
 
 def _as_bytes(value: object) -> bytes:
@@ -170,23 +296,24 @@ def _as_bytes(value: object) -> bytes:
     return str(value or "").encode("utf-8", "surrogateescape")
 
 
-def _raw_text(value: object) -> str:
-    """A stored header value as text: raw 8-bit bytes read as UTF-8, else windows-1252."""
-    return decode_bytes(_as_bytes(value))
+def _raw_text(value: object, charsets: Charsets = _PLAIN) -> str:
+    """A stored header value as text: raw 8-bit bytes read as :class:`Charsets` says."""
+    return charsets.text(_as_bytes(value))
 
 
 def _word_bytes(m: re.Match[bytes]) -> bytes | None:
     enc, data = m.group(2).upper(), m.group(3)
     try:
         if enc == b"B":
-            data = data.rstrip(b"=")   # senders get the padding wrong both ways
+            # Senders get the padding wrong both ways.
+            data = re.sub(rb"\s+", b"", data).rstrip(b"=")
             return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
         return quopri.decodestring(data.replace(b"_", b" "), header=True)
     except (binascii.Error, ValueError):
         return None
 
 
-def decode_header_value(value: object) -> str:
+def decode_header_value(value: object, charsets: Charsets = _PLAIN) -> str:
     """RFC 2047 encoded words and raw 8-bit (RFC 6532) decoded; folding and space collapsed.
 
     Adjacent encoded words in one charset are joined before decoding (senders split
@@ -212,7 +339,8 @@ def decode_header_value(value: object) -> str:
         else:
             pieces.append((charset, raw))
     pieces.append((None, data[pos:]))
-    text = "".join(decode_bytes(raw, charset) for charset, raw in pieces)
+    text = "".join(decode_bytes(raw, charset) if charset is not None else charsets.text(raw)
+                   for charset, raw in pieces)
     return re.sub(r"\s+", " ", _CONTROL.sub(" ", text)).strip()
 
 
@@ -220,9 +348,9 @@ def _msgids(value: str) -> tuple[str, ...]:
     return tuple(_MSGID.findall(value or ""))
 
 
-def _raw_values(msg: Message, name: str) -> list[str]:
+def _raw_values(msg: Message, name: str, charsets: Charsets = _PLAIN) -> list[str]:
     key = name.lower()
-    return [_raw_text(v) for k, v in msg.raw_items() if k.lower() == key]
+    return [_raw_text(v, charsets) for k, v in msg.raw_items() if k.lower() == key]
 
 
 def _addresses(values: list[str]) -> tuple[str, ...]:
@@ -230,58 +358,89 @@ def _addresses(values: list[str]) -> tuple[str, ...]:
         pairs = getaddresses(values)
     except Exception:  # email.utils on hostile input: treat as no address
         return ()
-    return tuple(normalize(a) for _n, a in pairs if is_valid_address(a))
+    return tuple(u for _n, a in pairs if (u := usable_address(a)))
 
 
 def _clean(text: str) -> str:
     return _CONTROL.sub("", text or "").strip()
 
 
-def _headers(msg: Message) -> dict[str, str]:
+def _headers(msg: Message, charsets: Charsets = _PLAIN) -> dict[str, str]:
     """First value of each header, decoded for display, keyed in lower case."""
     out: dict[str, str] = {}
     for name, value in msg.raw_items():
         key = _clean(_raw_text(name)).lower()
         if key and key not in out:
-            out[key] = decode_header_value(value)
+            out[key] = decode_header_value(value, charsets)
     return out
 
 
-def _sender(msg: Message) -> tuple[str, str]:
-    """(address, display name) of From, or ("", name) when it names no valid address."""
-    values = _raw_values(msg, "From")
+def usable_address(addr: str) -> str:
+    """The address, lower-cased, if it is one we may write to; else "". The trailing dot of
+    a fully qualified domain (``user@yahoo.com.``) is dropped; nothing else is changed."""
+    addr = (addr or "").strip()
+    if "@" in addr:
+        addr = addr.rstrip(".") if not addr.endswith("..") else addr
+    quoted = re.fullmatch(r'"([^"\\]+)"(@.+)', addr)
+    if quoted:  # "#FAX#123"@x is #FAX#123@x when the quotes hold no special character
+        addr = quoted.group(1) + quoted.group(2)
+    return normalize(addr) if is_valid_address(addr) else ""
+
+
+def _address_in(value: str) -> tuple[str, str] | None:
+    """(address, display name) of the first usable address in one address header value.
+
+    An address in angle brackets is taken whole or not at all: ``<power quadrant
+    system@example.com>`` names no address, and ``system@example.com`` is a stranger's.
+    Without brackets, "Big Bug bb@bug.com" (a name and an address, no quotes): the
+    address-like word."""
     try:
-        pairs = getaddresses(values[:1])
+        pairs = getaddresses([value])
     except Exception:
         pairs = []
     for name, addr in pairs:
-        if is_valid_address(addr):
-            return normalize(addr), _clean(decode_header_value(name))
-    name = pairs[0][0] if pairs else ""
-    # "Big Bug bb@bug.com", "a@x b@x": no brackets, no commas. The first address-like word.
-    for word in re.findall(r"[^\s<>(),;:\"']+@[^\s<>(),;:\"']+", " ".join(values[:1])):
-        if is_valid_address(word):
-            return normalize(word), ""
-    return "", _clean(decode_header_value(name))
+        found = usable_address(addr)
+        if found:
+            return found, name
+    if "<" in value or '"' in value:
+        return None
+    for word in re.findall(r"[^\s<>(),;:\"']+@[^\s<>(),;:\"']+", value):
+        found = usable_address(word)
+        if found:
+            return found, ""
+    return None
 
 
-_MACHINE_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|mail-daemon|mailerdaemon|"
-                            r"mail delivery (?:subsystem|system))$", re.IGNORECASE)
+def _sender(msg: Message, charsets: Charsets, envelope_from: str) -> tuple[str, str, str]:
+    """(address, display name, where it came from); ("", name, "") without a usable one.
 
-
-def _machine_without_sender(msg: Message, headers: dict[str, str]) -> bool:
-    """A delivery system's mail whose From names no address: kept so it can be classified."""
-    if msg.get_content_type() == "multipart/report":
-        return True
-    if headers.get("return-path", "").replace(" ", "") == "<>":
-        return True
-    from_value = headers.get("from", "")
-    try:
-        pairs = getaddresses([from_value])
-    except Exception:
-        pairs = []
-    words = [from_value, *(w for pair in pairs for w in pair)]
-    return any(_MACHINE_LOCAL.match(w.split("@", 1)[0].strip(' "<>')) for w in words if w)
+    From first (every From field, in order: a junk first one does not hide a good second);
+    then Sender, Reply-To, the envelope sender, Return-Path: real addresses the mail names,
+    in the order the mail's author meant them — never one guessed from a broken From."""
+    from_values = _raw_values(msg, "From", charsets)
+    name = ""
+    for value in from_values:
+        found = _address_in(value)
+        if found is not None:
+            return found[0], _clean(decode_header_value(found[1], charsets)), "from"
+        if not name:
+            try:
+                pairs = getaddresses([value])
+            except Exception:
+                pairs = []
+            name = next((n for n, _a in pairs if n), "")
+            if not name and "@" not in value and "<" not in value:
+                name = value   # "From: Kijitora": a name with no address at all
+    name = _clean(decode_header_value(name, charsets))
+    fallbacks = [("sender", v) for v in _raw_values(msg, "Sender", charsets)]
+    fallbacks += [("reply-to", v) for v in _raw_values(msg, "Reply-To", charsets)]
+    fallbacks.append(("envelope", envelope_from))
+    fallbacks += [("return-path", v) for v in _raw_values(msg, "Return-Path", charsets)]
+    for source, value in fallbacks:
+        found = _address_in(value) if value else None
+        if found is not None:
+            return found[0], name or _clean(decode_header_value(found[1], charsets)), source
+    return "", name, ""
 
 
 # --- the MIME walk for attachments and report parts ---------------------------------------
@@ -300,6 +459,7 @@ class _Walk:
     report_type: str = ""
     delivery_status: list[dict[str, str]] = field(default_factory=list)
     returned_headers: dict[str, str] = field(default_factory=dict)
+    too_deep: bool = False
 
 
 def _part_bytes(part: Message) -> bytes:
@@ -327,7 +487,7 @@ def _first(part: Message, name: str) -> str | None:
     return next((v for k, v in part.raw_items() if k.lower() == key), None)
 
 
-def _filename(part: Message) -> str:
+def _filename(part: Message, charsets: Charsets = _PLAIN) -> str:
     """filename / name parameter (RFC 2231 continuations and charsets included), decoded.
 
     The parameters are read from a copy of the fields as text, so that a raw 8-bit name is
@@ -337,12 +497,12 @@ def _filename(part: Message) -> str:
     for name in ("Content-Disposition", "Content-Type"):
         value = _first(part, name)
         if value is not None:
-            fields[name] = _raw_text(value)
+            fields[name] = _raw_text(value, charsets)
     try:
         name = fields.get_filename() or ""
     except Exception:
         name = ""
-    return _clean(decode_header_value(name))
+    return _clean(decode_header_value(name, charsets))
 
 
 def _field_blocks(part: Message) -> list[dict[str, str]]:
@@ -369,15 +529,19 @@ def _enclosed_name(inner: Message | None, filename: str) -> str:
     return f"{subject or 'message'}.eml"
 
 
-def _walk(msg: Message) -> _Walk:
+def _walk(msg: Message, charsets: Charsets = _PLAIN) -> _Walk:
     out = _Walk()
     stack: list[tuple[Message, int]] = [(msg, 0)]
     while stack:
         part, depth = stack.pop()
-        if depth > _MAX_DEPTH:
-            raise UnparseableMail(f"MIME parts nested deeper than {_MAX_DEPTH} levels")
+        if depth > MAX_DEPTH:
+            out.too_deep = True   # not read; the raw mail keeps it
+            continue
         ctype = part.get_content_type()
         payload = part.get_payload()
+        if ctype == _CUT_TYPE.decode():
+            out.too_deep = True
+            continue
         if ctype.startswith("multipart/"):
             if ctype == "multipart/report" and not out.report_type:
                 out.report_type = str(part.get_param("report-type") or "").lower().strip()
@@ -396,9 +560,10 @@ def _walk(msg: Message) -> _Walk:
             inner = first if isinstance(first, Message) else None
             data = _message_bytes(inner) if isinstance(inner, Message) else _part_bytes(part)
             if inner is not None and not out.returned_headers:
-                out.returned_headers = _headers(inner)
+                out.returned_headers = _headers(inner, charsets)
             out.attachments.append(ParsedAttachment(
-                filename=_enclosed_name(inner, _filename(part)), content_type="message/rfc822",
+                filename=_enclosed_name(inner, _filename(part, charsets)),
+                content_type="message/rfc822",
                 payload=data, content_id=_clean(_raw_text(part.get("Content-ID", "")))))
             continue
         if ctype == "text/rfc822-headers":
@@ -406,7 +571,7 @@ def _walk(msg: Message) -> _Walk:
                 text = decode_bytes(_part_bytes(part), part.get_content_charset())
                 out.returned_headers = _headers(HeaderParser().parsestr(text))
             continue
-        filename = _filename(part)
+        filename = _filename(part, charsets)
         disposition = (part.get_content_disposition() or "").lower()
         if ctype in _BODY_TYPES and not filename and disposition != "attachment":
             continue  # body text: mail-parser decodes it
@@ -422,19 +587,195 @@ def _walk(msg: Message) -> _Walk:
     return out
 
 
-def _message(raw: bytes) -> mailparser.MailParser:
+# --- repairs before Python's parser sees the bytes ----------------------------------------
+
+_FIELD_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
+# Fields a mail's header block is made of: one of these after an orphan line shows that the
+# header block goes on (a gateway unfolded the lines), where "Note: …" in a body would not.
+_KNOWN_FIELD = re.compile(
+    rb"(?:from|to|cc|bcc|subject|date|message-id|received|return-path|reply-to|sender|"
+    rb"in-reply-to|references|mime-version|content-[a-z-]+|x-[!-9;-~]+|delivered-to|"
+    rb"importance|priority|thread-[a-z]+|list-[a-z-]+|dkim-signature|authentication-results|"
+    rb"arc-[a-z-]+|user-agent|organization|precedence|auto-submitted|accept-language|"
+    rb"received-spf)[ \t]*:", re.IGNORECASE)
+
+
+def repair_unfolded_headers(raw: bytes) -> bytes:
+    """Continuation lines that lost their leading whitespace get it back.
+
+    A gateway that strips it leaves lines like ``by mx.example (Postfix) …`` or the rest of a
+    long ``X-…-Tracker:`` value on their own; Python's parser would end the header block at
+    the first one and read From, To and Subject as body text. Such a line is a continuation
+    when a known header field follows it before the blank line that ends the header block.
+    """
+    if raw[:1] in (b" ", b"\t") and _FIELD_LINE.match(raw.lstrip(b" \t")):
+        raw = raw.lstrip(b" \t")   # " From: …" on the first line: an indented header
+    m = re.search(rb"\r?\n\r?\n", raw)
+    end = m.start() + 1 if m else len(raw)
+    lines = raw[:end].splitlines(keepends=True)
+    kinds: list[str] = []
+    for i, line in enumerate(lines):
+        if line[:1] in (b" ", b"\t"):
+            kinds.append("cont")
+        elif _FIELD_LINE.match(line) or (i == 0 and line.startswith(b"From ")):
+            kinds.append("field")
+        else:
+            kinds.append("orphan")
+    if "orphan" not in kinds or kinds[0] == "orphan":
+        return raw
+    known_after = [False] * (len(lines) + 1)
+    for i in range(len(lines) - 1, -1, -1):
+        known_after[i] = known_after[i + 1] or (
+            kinds[i] == "field" and bool(_KNOWN_FIELD.match(lines[i])))
+    out = [b" " + line if kind == "orphan" and known_after[i + 1] else line
+           for i, (line, kind) in enumerate(zip(lines, kinds, strict=True))]
+    return b"".join(out) + raw[end:]
+
+
+_BOUNDARY = re.compile(rb"boundary\s*=\s*(?:\"([^\"\r\n]+)\"|([^\s;\"]+))", re.IGNORECASE)
+_CONTENT_TYPE = re.compile(rb"content-type[ \t]*:[ \t]*([A-Za-z0-9!#$&^_.+-]+/"
+                           rb"[A-Za-z0-9!#$&^_.+-]+)", re.IGNORECASE)
+
+
+_CUT_TYPE = b"application/x-mailgate-too-deep"
+
+
+def cut_deep_nesting(raw: bytes, limit: int = MAX_DEPTH) -> bytes:
+    """The raw mail with every multipart or message part deeper than ``limit`` levels turned
+    into a leaf part of type :data:`_CUT_TYPE` (neither read nor an attachment), so that
+    Python's parser (recursive) can read the rest. Only used on mail that may be that deep:
+    MIME nested 1,000 deep is an attack or a broken program, and what lies below the limit
+    stays in the raw mail.
+    """
+    lines = raw.splitlines(keepends=True)
+    out: list[bytes] = []
+    open_boundaries: list[bytes] = []   # the boundaries of the multiparts we are inside
+    depth_of: dict[bytes, int] = {}
+    in_headers, header_depth = True, 0
+    block: list[bytes] = []
+
+    def close_block() -> None:
+        nonlocal in_headers
+        text = b"".join(block)
+        ctype_m = _CONTENT_TYPE.search(text)
+        ctype = ctype_m.group(1).lower() if ctype_m else b"text/plain"
+        nested = ctype.startswith(b"multipart/") or ctype.startswith(b"message/")
+        if nested and header_depth >= limit and ctype_m is not None:
+            text = text[:ctype_m.start(1)] + _CUT_TYPE + text[ctype_m.end(1):]
+            text = _BOUNDARY.sub(b"x-cut=1", text)
+            nested = False
+        out.append(text)
+        in_headers = False
+        if ctype.startswith(b"multipart/") and nested:
+            b = _BOUNDARY.search(text)
+            if b is not None:
+                boundary = b.group(1) or b.group(2)
+                open_boundaries.append(boundary)
+                depth_of[boundary] = header_depth + 1
+        elif ctype.startswith(b"message/") and nested:
+            start_headers(header_depth + 1)
+
+    def start_headers(depth: int) -> None:
+        nonlocal in_headers, header_depth
+        in_headers, header_depth = True, depth
+        block.clear()
+
+    for line in lines:
+        if in_headers:
+            if line.strip():
+                block.append(line)
+                continue
+            close_block()
+            out.append(line)
+            continue
+        stripped = line.rstrip(b"\r\n")
+        if stripped.startswith(b"--") and open_boundaries:
+            name = stripped[2:].rstrip()
+            closing = name.endswith(b"--") and name[:-2] in depth_of
+            key = name[:-2] if closing else name
+            if key in depth_of and key in open_boundaries:
+                while open_boundaries and open_boundaries[-1] != key:
+                    open_boundaries.pop()
+                out.append(line)
+                if closing:
+                    open_boundaries.pop()
+                else:
+                    start_headers(depth_of[key])
+                continue
+        out.append(line)
+    if in_headers and block:
+        out.append(b"".join(block))
+    return b"".join(out)
+
+
+def _fix_body_charsets(msg: Message, charsets: Charsets) -> None:
+    """mail-parser decodes the body parts in their declared charset, without the aliases
+    above: a part declared GB2312 that holds GBK characters would come out as U+FFFD. Each
+    body text part gets the charset that really reads it: the superset of the declared one,
+    or, when the declared one fails (or none is declared and the bytes are not UTF-8), the
+    detected one."""
+    stack, seen = [msg], 0
+    while stack and seen < 500:
+        part = stack.pop()
+        seen += 1
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend(p for p in payload if isinstance(p, Message))
+            continue
+        if part.get_content_maintype() != "text":
+            continue
+        declared = part.get_content_charset()
+        try:
+            data = part.get_payload(decode=True)
+        except Exception:
+            continue
+        if not isinstance(data, bytes) or data.isascii():
+            continue
+        codec = _codec(declared)
+        if _strict(data, codec) is None:
+            # The headers' charset when they have one, else the detector on the text itself.
+            codec = next((c for c in ("utf-8", *charsets.declared, charsets.detected())
+                          if c and _strict(data, c) is not None), None) \
+                or detect_charset(data[:20000]) or "cp1252"
+            if _strict(data, codec) is None:
+                codec = "cp1252"   # undefined bytes become U+FFFD, the rest is kept
+        if declared is None and codec == "utf-8":
+            continue
+        if codec != (declared or "").lower():
+            try:
+                part.set_param("charset", codec)
+            except Exception:
+                continue
+
+
+def _message(raw: bytes) -> tuple[mailparser.MailParser, Charsets]:
     # Blank or space-only lines before the first header (broken copies, some pipes) would end
     # the header block at once.
-    raw = re.sub(rb"\A(?:[ \t]*\r?\n)+", b"", raw)
+    raw = repair_unfolded_headers(re.sub(rb"\A(?:[ \t]*\r?\n)+", b"", raw))
+    # Python's parser recurses per level and takes seconds before it runs out of stack on
+    # 1,000 levels: a mail that could be that deep is cut first (a no-op when it is not).
+    if len(re.findall(rb"(?i)boundary\s*=|message/", raw[:5_000_000])) > MAX_DEPTH:
+        raw = cut_deep_nesting(raw)
     try:
-        msg = email.message_from_bytes(raw)
-        if msg.epilogue is None:
-            msg.epilogue = ""  # mail-parser reads it when a boundary is missing
-        return mailparser.MailParser(msg)
+        try:
+            return _mailparser(raw)
+        except RecursionError:
+            return _mailparser(cut_deep_nesting(raw))
     except RecursionError as exc:
         raise UnparseableMail("MIME structure nested too deeply to read") from exc
     except Exception as exc:  # mail-parser raises many kinds on broken input
         raise UnparseableMail(f"MIME structure could not be read: {exc!r}") from exc
+
+
+def _mailparser(raw: bytes) -> tuple[mailparser.MailParser, Charsets]:
+    msg = email.message_from_bytes(raw)
+    if msg.epilogue is None:
+        msg.epilogue = ""  # mail-parser reads it when a boundary is missing
+    # What the message declares, read before the body parts get the charsets that read them.
+    charsets = message_charsets(msg)
+    if msg.keys():   # (a mail without header fields is refused as such in parse())
+        _fix_body_charsets(msg, charsets)
+    return mailparser.MailParser(msg), charsets
 
 
 _UUENCODED = re.compile(r"^begin [0-7]{3,4} ([^\n]+?)[ \t]*\n(.*?)^end[ \t]*$",
@@ -489,14 +830,18 @@ def _body_text(parsed: mailparser.MailParser, walk: _Walk) -> str:
     return _SURROGATE.sub("\ufffd", _TEXT_CONTROL.sub("", text)).strip()
 
 
-def parse(raw: bytes) -> ParsedMail:
-    """Parse one stored mail; raises :class:`UnparseableMail` with the reason."""
-    parsed = _message(raw)
+def parse(raw: bytes, envelope_from: str = "") -> ParsedMail:
+    """Parse one stored mail; raises :class:`UnparseableMail` with the reason.
+
+    ``envelope_from`` is the SMTP MAIL FROM the mail came with, if known: the sender of last
+    resort when the mail's own fields name none.
+    """
+    parsed, charsets = _message(raw)
     msg = parsed.message
     if msg is None or not msg.keys():
         raise UnparseableMail("no header fields found")
     try:
-        return _build(parsed, msg)
+        return _build(parsed, msg, charsets, envelope_from)
     except UnparseableMail:
         raise
     except RecursionError as exc:
@@ -505,23 +850,25 @@ def parse(raw: bytes) -> ParsedMail:
         raise UnparseableMail(f"mail could not be read: {exc!r}") from exc
 
 
-def _build(parsed: mailparser.MailParser, msg: Message) -> ParsedMail:
-    headers = _headers(msg)
-    from_addr, from_name = _sender(msg)
-    if not from_addr and not _machine_without_sender(msg, headers):
-        raise UnparseableMail(f"no valid sender address in From: {headers.get('from', '')!r}")
-    walk = _walk(msg)
+def _build(parsed: mailparser.MailParser, msg: Message, charsets: Charsets,
+           envelope_from: str) -> ParsedMail:
+    headers = _headers(msg, charsets)
+    from_addr, from_name, source = _sender(msg, charsets, envelope_from)
+    walk = _walk(msg, charsets)
     text, pasted = _uuencoded_files(_body_text(parsed, walk))
+    if walk.too_deep:
+        text = f"{text}\n\n{_TOO_DEEP}".strip()
     subject = _clean(headers.get("subject", ""))
     new_text, quoted = (text, "") if is_forward_subject(subject) else split_reply(text)
     return ParsedMail(
         message_id=(_msgids(" ".join(_raw_values(msg, "Message-ID"))) or ("",))[0],
+        sender_header=source,
         subject=subject,
         from_addr=from_addr,
         from_name=from_name,
-        to=_addresses(_raw_values(msg, "To")),
-        cc=_addresses(_raw_values(msg, "Cc")),
-        reply_to=next(iter(_addresses(_raw_values(msg, "Reply-To"))), ""),
+        to=_addresses(_raw_values(msg, "To", charsets)),
+        cc=_addresses(_raw_values(msg, "Cc", charsets)),
+        reply_to=next(iter(_addresses(_raw_values(msg, "Reply-To", charsets))), ""),
         in_reply_to=_msgids(" ".join(_raw_values(msg, "In-Reply-To"))),
         references=_msgids(" ".join(_raw_values(msg, "References"))),
         text=text,

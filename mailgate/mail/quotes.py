@@ -45,7 +45,8 @@ _ATTRIBUTION = re.compile(
     rf"^{_Q}(?:On|Op|Le|Am)\s.{{0,250}}?{_VERBS}\b.{{0,160}}?\s?:$")
 _SEPARATOR = re.compile(
     rf"^{_Q}-{{2,}}\s*(?:Original Message|Oorspronkelijk bericht|Origineel bericht|"
-    r"Message d'origine|Ursprüngliche Nachricht|Originalnachricht)\s*-{2,}$", re.IGNORECASE)
+    r"Message d'origine|Ursprüngliche Nachricht|Original[- ]?Nachricht)\s*-{2,}$",
+    re.IGNORECASE)
 _FORWARD = re.compile(
     rf"^{_Q}(?:-{{2,}}\s*(?:Forwarded message|Doorgestuurd bericht|Message transféré|"
     r"Weitergeleitete Nachricht|Forwarded Message)\s*-{2,}|"
@@ -58,11 +59,16 @@ _OTHER_LABELS = (r"Sent|To|Cc|Subject|Date|Verzonden|Aan|Onderwerp|Datum|Envoyé
 _LABEL = re.compile(rf"^{_Q}\*?(?:({_FROM_LABELS})|(?:{_OTHER_LABELS}))\*?\s?:\*?(?:\s|$)")
 _RULE_LINE = re.compile(r"^[_\-=*]{5,}$")
 _FOOTER_START = re.compile(r"^(?:--\s*$|__+|-- )")
-_FORWARD_SUBJECT = re.compile(r"^\s*(?:fwd?|fw|tr|wg|doorst|trans|rv|i)\s*:", re.IGNORECASE)
+# Forward prefixes of nl/fr/de/en clients (and a few more): "Fwd:", "FW:", "TR:" (Outlook
+# fr), "WG:" (Outlook de), "W.:" and "Wtr:" (German webmail), "Doorst:" (Outlook nl).
+_FORWARD_SUBJECT = re.compile(r"^\s*(?:fwd?|fw|tr|wg|w\.|wtr|doorst|trans|rv|i)\s*:",
+                              re.IGNORECASE)
 
 
 def is_forward_subject(subject: str) -> bool:
-    """A subject whose first prefix is a forward one (Fwd:, FW:, TR:, WG:, Doorst:)."""
+    """A subject whose first prefix is a forward one (Fwd:, FW:, TR:, WG:, W.:, Doorst:):
+    whatever separator follows in the text ("----- Original Nachricht ----", "-----Original
+    Message-----"), the forwarded mail is the request, not quoted history."""
     return bool(_FORWARD_SUBJECT.match(subject or ""))
 
 

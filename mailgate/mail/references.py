@@ -17,7 +17,7 @@ from dataclasses import dataclass
 # Reply/forward prefixes in the languages our editors' clients use, in any case, with the
 # counted forms some clients add: "RE[2]:", "Re(3):", "Re^2:".
 _PREFIX = re.compile(
-    r"^\s*(?:re|aw|antw|antwoord|tr|fwd?|wg|doorst|sv|vs|vb|rif|ref|réf|rv|enc|odp|res)"
+    r"^\s*(?:re|aw|antw|antwoord|tr|fwd?|wg|w\.|doorst|sv|vs|vb|rif|ref|réf|rv|enc|odp|res)"
     r"\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*",
     re.IGNORECASE,
 )

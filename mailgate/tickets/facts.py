@@ -46,7 +46,7 @@ def gather(session: Session, desk: Desk, mail: ParsedMail, raw: bytes,
     from_us = (mail.from_addr in own or any(a in loop_marker for a in own)
                or desk.ids.is_ours(mail.message_id))
     verdict = None
-    if s.access.require_authentication:
+    if s.access.require_authentication and mail.from_addr:  # no sender: ignored anyway
         verdict = authenticity.verify(raw, mail.from_addr, s.access.authserv_id)
     command = None
     if sender.agent is not None:

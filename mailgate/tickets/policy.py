@@ -36,6 +36,7 @@ class Kind(StrEnum):
     LOOP = "loop"
     UNVERIFIED = "unverified"
     STRANGER = "stranger"
+    NO_SENDER = "no-sender"
 
 
 class Action(StrEnum):
@@ -131,6 +132,19 @@ def bulk(f: Facts) -> Decision | None:
     return Decision(Kind.BULK, Action.IGNORE, "bulk", f"list or bulk mail ({a.evidence})")
 
 
+def no_sender(f: Facts) -> Decision | None:
+    """A mail that names no address we could answer (From broken or absent, and no Sender,
+    Reply-To or envelope sender): kept and ignored, not quarantined — the program did not
+    fail on it, and no answer is possible. Never an address guessed from the broken From."""
+    if f.mail.from_addr:
+        return None
+    shown = f.mail.header("from")
+    return Decision(Kind.NO_SENDER, Action.IGNORE, "no-sender",
+                    "no usable sender address "
+                    + (f"in From: {shown[:120]!r}" if shown else "(no From field)")
+                    + ", nor in Sender, Reply-To or the envelope: no answer is possible")
+
+
 def unverified(f: Facts) -> Decision | None:
     v = f.authenticity
     if v is None or v.verified:
@@ -209,13 +223,15 @@ def unknown_sender(f: Facts) -> Decision | None:
 
 # First hit wins. Order matters: a loop is never answered, whatever else it looks like;
 # machines (bounces, auto-replies, lists) are recognised before anyone's rights are looked
-# at; an unauthenticated sender gets nothing; a complaint goes to the Service Manager
+# at, and before anything needs a sender; a mail naming no usable sender is ignored (nobody
+# to answer); an unauthenticated sender gets nothing; a complaint goes to the Service Manager
 # whoever sends it; agents before editors.
 RULES: tuple[tuple[str, Rule], ...] = (
     ("loop", loop),
     ("bounce", bounce),
     ("auto-reply", auto_reply),
     ("bulk", bulk),
+    ("no-sender", no_sender),
     ("unverified-sender", unverified),
     ("complaint", complaint),
     ("agent", agent_mail),

@@ -8,6 +8,8 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from mailgate.tickets.access import Sender
+from mailgate.tickets.policy import Action, Facts, classify
 from tests.corpus.corpus import expectation, mail_files, outcome, report, source_of
 
 # Lowest acceptable share of expected machine mails recognised as automatic, per source.
@@ -127,13 +129,20 @@ def test_what_bounces_tell(corpus: Path) -> None:
     assert mdsbp["status"] / mdsbp["n"] >= 0.9 and mdsbp["rcpt"] / mdsbp["n"] >= 0.9
 
 
-def test_mail_without_sender_is_always_automatic(corpus: Path) -> None:
-    """parse() lets a mail through without a From address only for a delivery system's mail;
-    detect() must then call it automatic, or the desk would try to answer nobody."""
+def test_mail_without_sender_is_never_answered(corpus: Path) -> None:
+    """A mail that names no usable sender is parsed (not refused); the policy then decides it
+    is a machine's mail or ignores it for want of a sender — never an answer to anyone."""
+    answering = {Action.CREATE, Action.APPEND, Action.REFUSE, Action.COMPLAINT,
+                 Action.REFUSE_COMMAND, Action.AGENT}
     for rel in mail_files():
         o = outcome(rel)
-        if o.mail is not None and not o.mail.from_addr:
-            assert o.automatic is not None, rel
+        if o.mail is None or o.mail.from_addr:
+            continue
+        facts = Facts(mail=o.mail, sender=Sender("", None, None), from_us=False, ticket=None,
+                      found_by="", may_write=False, accept_unknown=True,
+                      automatic=o.automatic)
+        decision, _trail = classify(facts)
+        assert decision.action not in answering, (rel, decision)
 
 
 def test_mails_without_expectation_report(corpus: Path) -> None:
