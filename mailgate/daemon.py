@@ -31,6 +31,7 @@ from mailgate.app import App
 from mailgate.db.migrate import require_current
 from mailgate.inbound.imap import ImapPollers, Settle, Store, Tuning
 from mailgate.inbound.intake import IntakeWriter
+from mailgate.inbound.leader import leads_for
 from mailgate.inbound.smtp import DeskHandler, Listener, smtp_factory
 from mailgate.inbound.store import Arrival, Stored, store_raw
 from mailgate.mail import language
@@ -65,8 +66,9 @@ def imap_callables(app: App) -> tuple[Store, Settle]:
 
 def imap_pollers(app: App, on_processed: Callable[[], None] = lambda: None,
                  tuning: Tuning | None = None) -> ImapPollers:
+    # On PostgreSQL each account is polled by one instance at a time (inbound/leader.py).
     return ImapPollers(app.settings.imap, *imap_callables(app), on_processed=on_processed,
-                       tuning=tuning)
+                       tuning=tuning, leads=leads_for(app.engine))
 
 
 def apply_log_level(level: str) -> None:

@@ -42,6 +42,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from mailgate.config import ImapAccount
 from mailgate.db.engine import StorageUnavailable, is_unavailable
 from mailgate.db.status import InboundStatus
+from mailgate.inbound.leader import Lead, LeadLost, Leads
 from mailgate.inbound.oauth2 import OAuth2Error, TokenSource, token_source
 from mailgate.inbound.store import Stored
 
@@ -158,8 +159,10 @@ class ImapPoller:
 
     def __init__(self, account: ImapAccount, store: Store, settle: Settle, *,
                  on_processed: Callable[[], None] = lambda: None,
-                 tuning: Tuning | None = None) -> None:
+                 tuning: Tuning | None = None, lead: Lead | None = None) -> None:
         self.account = account
+        # Several instances on PostgreSQL: poll only while holding the account's lock.
+        self.lead = lead
         self.store = store
         self.settle = settle
         self.on_processed = on_processed
@@ -218,6 +221,9 @@ class ImapPoller:
         failures = 0
         while not self._stop.is_set():
             self._selected = False
+            if self.lead is not None and not self.lead.held \
+                    and not self.lead.acquire(self._stop):
+                break
             failure: Exception | None = None
             try:
                 self._session()
@@ -227,6 +233,9 @@ class ImapPoller:
                 self._disconnect()  # before the backoff: no half-dead session held open
             if failure is None or self._stop.is_set():
                 continue
+            if isinstance(failure, LeadLost):
+                log.warning("imap account %r: stopped polling: %s", self.account.name, failure)
+                continue  # back to waiting for the lock, which may be free again at once
             # An account that worked up to SELECT retries from the short delay again.
             failures = 1 if self._selected else failures + 1
             delay = self.tuning.backoff.delay(failures)
@@ -234,6 +243,8 @@ class ImapPoller:
                 self.failing_since = time.time()
             self._log_failure(failure, delay)
             self._stop.wait(delay)
+        if self.lead is not None:
+            self.lead.release()
         log.info("imap account %r: stopped", self.account.name)
 
     # -- one session -----------------------------------------------------------------------
@@ -306,6 +317,8 @@ class ImapPoller:
         log.info("imap account %r: watching %r on %s:%s (%s)", a.name, a.folder, a.host, a.port,
                  "IDLE" if idle else f"polling every {a.poll_interval:g}s")
         while not self._stop.is_set():
+            if self.lead is not None:
+                self.lead.check()  # between passes: no pass without the lock
             uids = sorted(client.search(["UNDELETED"]))
             self.last_ok_at, self.failing_since = time.time(), None
             if uids:
@@ -485,9 +498,9 @@ class ImapPollers:
 
     def __init__(self, accounts: Iterable[ImapAccount], store: Store, settle: Settle,
                  on_processed: Callable[[], None] = lambda: None,
-                 tuning: Tuning | None = None) -> None:
+                 tuning: Tuning | None = None, leads: Leads | None = None) -> None:
         self.pollers = [ImapPoller(account, store, settle, on_processed=on_processed,
-                                   tuning=tuning)
+                                   tuning=tuning, lead=leads(account) if leads else None)
                         for account in accounts]
 
     def start(self) -> None:
