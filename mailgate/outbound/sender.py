@@ -13,10 +13,11 @@ import mailbox
 import random
 import smtplib
 import ssl
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -172,46 +173,81 @@ def _claim(factory: sessionmaker[Session], clock: Clock, limit: int,
         return rows
 
 
+# While the relay is down (no connection, or 421: RFC 5321's "service not available"), a
+# transport's flushes wait until the retry time of the row that found it down, and touch no
+# other row: when the relay is back, the backlog leaves in the order it was written, oldest
+# first, instead of in the order the rows' own backoffs happened to expire. A refusal of one
+# mail (450/451/452, a recipient's 4xx) stays that row's own affair.
+_relay_down_until: weakref.WeakKeyDictionary[Transport, datetime] = \
+    weakref.WeakKeyDictionary()
+
+
+def _relay_down(exc: BaseException) -> bool:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return False
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    return isinstance(exc, OSError | smtplib.SMTPServerDisconnected)
+
+
 def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
           transport: Transport, limit: int = 100) -> FlushResult:
     sent = retrying = failed = 0
+    down_until = _relay_down_until.get(transport)
+    if down_until is not None and clock.now() < down_until:
+        return FlushResult()
     rows = _claim(factory, clock, limit, timedelta(seconds=settings.lease_seconds))
     if not rows:
         return FlushResult()
     with transport.batch():
-        for row in rows:
-            result = _deliver(factory, clock, settings, transport, row)
+        for i, row in enumerate(rows):
+            result, retry_at = _deliver(factory, clock, settings, transport, row)
             sent += result == OutboxStatus.SENT
             retrying += result == OutboxStatus.PENDING
             failed += result == OutboxStatus.FAILED
+            if retry_at is not None:  # the relay is down: the rest wait, untouched
+                _relay_down_until[transport] = retry_at
+                _release(factory, [r.id for r in rows[i + 1:]])
+                break
+            _relay_down_until.pop(transport, None)
     return FlushResult(sent, retrying, failed)
 
 
+def _release(factory: sessionmaker[Session], ids: list[int]) -> None:
+    if ids:
+        with transaction(factory) as session:
+            session.execute(update(Outbox).where(Outbox.id.in_(ids)).values(lease_until=None))
+
+
 def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
-             transport: Transport, row: Outbox) -> OutboxStatus:
-    """Sends one claimed row and records the outcome; returns the row's new status."""
+             transport: Transport, row: Outbox) -> tuple[OutboxStatus, datetime | None]:
+    """Sends one claimed row and records the outcome; returns the row's new status, and
+    its retry time when the relay itself is down."""
     error = ""
     status = OutboxStatus.SENT
+    down = False
     try:
         transport.send(row.sender, row.recipients.split(","), row.raw)
     except PermanentFailure as exc:
         status, error = OutboxStatus.FAILED, str(exc)
     except (TimeoutError, OSError, smtplib.SMTPException) as exc:
         status, error = OutboxStatus.PENDING, f"{type(exc).__name__}: {exc}"
+        down = _relay_down(exc)
     now = clock.now()
+    retry_at = now + backoff(settings, row.attempts + 1)
     values: dict[str, object] = {"status": status, "lease_until": None,
                                  "attempts": Outbox.attempts + 1, "last_error": error}
     if status == OutboxStatus.SENT:
         values["sent_at"] = now
     elif status == OutboxStatus.PENDING:
-        values["next_attempt_at"] = now + backoff(settings, row.attempts + 1)
+        values["next_attempt_at"] = retry_at
     with transaction(factory) as session:
         # Only a row still ours to settle: a bounce may already have marked it failed while
         # we were talking to the relay, and that verdict must stand.
         result = session.execute(update(Outbox).where(
             Outbox.id == row.id, Outbox.status == OutboxStatus.PENDING).values(**values))
         if not result.rowcount:  # type: ignore[attr-defined]
-            return OutboxStatus.FAILED
+            return OutboxStatus.FAILED, None
         if status != OutboxStatus.PENDING:
             session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
                               outbox_id=row.id, detail={"error": error} if error else {}))
@@ -224,7 +260,7 @@ def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSet
                  OutboxStatus.FAILED: logging.ERROR}[status],
           outbox=row.id, ticket=ref, kind=row.kind, outcome=str(status),
           to=row.recipients, attempts=row.attempts + 1, error=error or None)
-    return status
+    return status, retry_at if down else None
 
 
 def retry(session: Session, clock: Clock, outbox_id: int | None = None) -> int:
