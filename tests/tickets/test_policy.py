@@ -292,3 +292,91 @@ def test_mail_after_close_opens_a_new_linked_ticket(desk: DeskHarness) -> None:
     with desk.app.sessions() as s:
         assert s.get(Ticket, new.linked_to_id).ref == "SD-1"  # type: ignore[union-attr]
     assert desk.ticket("SD-1").state == "closed"
+
+
+# --- real bounces and real customer mail (issue 11, items 10 and 11) ----------------------
+
+def _raw(head: str, body: str) -> bytes:
+    return (head.strip("\n").replace("\n", "\r\n") + "\r\nTo: " + DESK
+            + "\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            + body.replace("\n", "\r\n")).encode()
+
+
+FAILED_TEXT = ("This is the mail system at host mx.site1234.example.be.\n\n"
+               f"Your message could not be delivered to {EDITOR}.\n\n"
+               f"<{EDITOR}>: host mx said: 550 5.1.1 user unknown\n")
+
+
+@pytest.mark.parametrize("from_field", [
+    "From: Mail Delivery System <>",                        # empty <> after a display name
+    'From: "Mail Delivery" <mailer\\-daemon@mx.example>',    # backslash-escaped local part
+    'From: "Delivery" <"mail daemon"@mx.example>',           # quoted local part with a space
+    "From: System Administrator",                            # a display name, no address
+])
+def test_bounce_whose_from_has_no_usable_address_is_a_bounce(desk: DeskHarness,
+                                                             from_field: str) -> None:
+    _first_ticket(desk)
+    row = desk.receive(_raw(f"{from_field}\nSubject: Undeliverable: Menu weg", FAILED_TEXT))
+    assert (row.status, row.kind) == ("ignored", "bounce"), row.reason
+    assert len(desk.outbox()) == 1, "only the first ack: a bounce is never answered"
+
+
+def test_bilingual_bounce_from_an_ordinary_mailbox_is_never_answered(
+        desk: DeskHarness) -> None:
+    """A gateway answering as the recipient, from a mailbox that looks like a person's:
+    answering it (or refusing it, as a stranger) would be backscatter."""
+    _first_ticket(desk)
+    body = ("Votre message n'a pas pu être remis à eva@site1234.example.be.\n"
+            "Your message could not be delivered to eva@site1234.example.be.\n\n"
+            "Objet : [SD-1] Menu weg\n")
+    row = desk.receive(_raw("From: Accueil <accueil@partner.example>\n"
+                            "Subject: RE: [SD-1] Menu weg : non remis (delivery failed)", body))
+    assert row.kind == "bounce", row.reason
+    assert len(desk.outbox()) == 1 and desk.to("accueil@partner.example") == []
+    assert len(desk.tickets()) == 1
+
+
+def test_mail_without_usable_sender_is_kept_and_ignored_not_quarantined(
+        desk: DeskHarness) -> None:
+    row = desk.receive(_raw("From: Jan Peeters\nSubject: De site is stuk", "Help!"))
+    assert (row.status, row.kind) == ("ignored", "no-sender")
+    assert "no usable sender address" in row.reason and "no answer is possible" in row.reason
+    assert desk.outbox() == [] and desk.tickets() == []
+
+
+def test_an_address_with_a_space_is_never_answered_at_a_guessed_address(
+        desk: DeskHarness) -> None:
+    head = 'From: "Power Quadrant" <power quadrant system@example.com>\nSubject: offerte'
+    row = desk.receive(_raw(head, "Graag een offerte."))
+    assert (row.status, row.kind) == ("ignored", "no-sender")
+    assert desk.to("system@example.com") == [] and desk.outbox() == []
+    # With a fallback the mail names itself, the answer goes there (a real address).
+    row = desk.receive(_raw(f"{head}\nReply-To: {EDITOR}", "Graag een offerte."))
+    assert row.status == "ticket", row.reason
+    assert [m["To"] for m in desk.outbox()] == [EDITOR]
+
+
+@pytest.mark.parametrize(("head", "envelope"), [
+    (f"Sender: {EDITOR}", ""),
+    (f"Reply-To: Eva <{EDITOR}>", ""),
+    ("From: Eva", EDITOR),                                   # the envelope sender
+    (f"From: [??????]\nFrom: Eva <{EDITOR}>", ""),           # a junk From, then a good one
+    (f"From: Eva <{EDITOR}.>", ""),                          # a trailing dot in the domain
+])
+def test_sender_fallbacks_reach_the_registered_editor(desk: DeskHarness, head: str,
+                                                      envelope: str) -> None:
+    row = desk.receive(_raw(f"{head}\nSubject: Menu weg", "Het menu is weg."),
+                       envelope_from=envelope)
+    assert row.status == "ticket", row.reason
+    assert [m["To"] for m in desk.outbox()] == [EDITOR]
+    assert desk.ticket("SD-1").requester == EDITOR
+
+
+def test_forward_with_a_german_separator_keeps_the_forwarded_request(desk: DeskHarness) -> None:
+    body = ("Bitte ansehen.\n\n----- Original Nachricht ----\n"
+            "Von: Kunde <kunde@x.example>\nAn: info@site1234.example.be\nBetreff: Drucker\n\n"
+            "Der Drucker im 2. Stock druckt nicht mehr.\n")
+    row = desk.receive(_raw(f"From: Eva <{EDITOR}>\nSubject: W.: Drucker", body))
+    assert row.status == "ticket", row.reason
+    [request] = [m for m in desk.ticket("SD-1").messages if m.direction == "in"]
+    assert "Der Drucker im 2. Stock druckt nicht mehr." in request.body_text
