@@ -138,7 +138,9 @@ class ParsedMail:
         return tuple(seen)
 
 
-_MSGID = re.compile(r"<[^<>\s]+>")
+# ASCII only: a Message-ID goes back out in In-Reply-To/References, which are ASCII (an
+# 8-bit one, "<é1@x>", is dropped rather than break the answer).
+_MSGID = re.compile(r"<[!-;=?-~]+>")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")

@@ -199,4 +199,4 @@ def test_non_utf8_bytes_in_every_header_parse_without_loss() -> None:
     assert m.to == ("desk@d.example",) and m.cc == ("gerard@site.example",)
     assert m.header("organization") == "Société Générale"
     assert m.header("x-mailer") == "Messagerie Orange – version 5"
-    assert m.message_id == "<é1@site.example>"
+    assert m.message_id == ""   # 8-bit Message-IDs are dropped: they go back out in headers
