@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.config import DatabaseSettings
 from mailgate.db import writelock
+from mailgate.db.dbapi import make_sqlite_dir, sqlite_pragmas
 
 READ_ONLY = "mailgate_read_only"
 
@@ -27,23 +27,18 @@ def make_engine(db: DatabaseSettings) -> Engine:
     url = db.url
     kwargs: dict[str, Any] = {"echo": db.echo, "future": True}
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        make_sqlite_dir(url)
         # The busy timeout is ours to set, so a lock turns into a clear error, not a hang.
         kwargs["connect_args"] = {"timeout": db.busy_timeout_ms / 1000, "check_same_thread": False}
         engine = create_engine(url, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-            # WAL lets readers go on while the worker writes; NORMAL sync is durable in WAL
-            # mode against a process crash (kill -9), which is the failure we promise to survive.
+            # The same settings as `deliver`'s plain connection (db/dbapi.py says why).
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(db.busy_timeout_ms)}")
+            for pragma in sqlite_pragmas(db.busy_timeout_ms):
+                cur.execute(pragma)
             cur.close()
 
         @event.listens_for(engine, "begin")

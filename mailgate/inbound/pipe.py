@@ -2,38 +2,78 @@
 
 Exit 0 once committed; 75 (EX_TEMPFAIL) when storage is unavailable so the MTA retries,
 as rt-mailgate does; 65 (EX_DATAERR) for an empty message.
+
+A fresh process per mail, so it must start fast: no SQLAlchemy, no models, nothing of the
+processing (bench/deliver.py, tests/inbound/test_pipe.py). It stores the same row under the
+same idempotency key as the daemon (both made by :mod:`mailgate.inbound.arrival`), over a
+plain DB-API connection (:mod:`mailgate.db.dbapi`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import BinaryIO
-
-from sqlalchemy.orm import Session, sessionmaker
+from typing import Any, BinaryIO
 
 from mailgate.clock import Clock
-from mailgate.db.engine import StorageUnavailable, is_unavailable
+from mailgate.config import DatabaseSettings
+from mailgate.db.dbapi import Plain, connect, is_unavailable, write
 from mailgate.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
-from mailgate.inbound.store import Stored, store_raw
+from mailgate.inbound.arrival import Arrival, Stored, inbound_row, log_stored, resolve
+
+# The columns both ways insert (inbound_row); trail is the JSON list [], written as a literal
+# so that neither database needs a JSON adapter.
+_COLUMNS = ("raw", "size", "digest", "message_id", "dedup_key", "channel", "envelope_from",
+            "envelope_to", "received_at", "status", "reason", "kind", "attempts", "authenticity")
 
 
-def deliver(sessions: sessionmaker[Session], clock: Clock, stream: BinaryIO,
+def insert_statement(plain: Plain, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The INSERT of one row and its parameters. ON CONFLICT DO NOTHING: a mail stored
+    meanwhile by another process (on PostgreSQL: by another instance, whose insert not yet
+    committed this one waits for) is a duplicate, found by the look-up that follows, never
+    an error."""
+    mark = plain.mark
+    # psycopg: the raw bytes as a binary parameter, sent as they are (text would hex them).
+    raw_mark = "%b" if plain.dialect == "postgresql" else mark
+    marks = ", ".join(raw_mark if c == "raw" else mark for c in _COLUMNS)
+    sql = (f"INSERT INTO inbound ({', '.join(_COLUMNS)}, trail) VALUES ({marks}, '[]') "
+           "ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
+    return sql, [plain.timestamp(values[c]) if c == "received_at" else values[c]
+                 for c in _COLUMNS]
+
+
+def store(plain: Plain, values: dict[str, Any]) -> Stored:
+    """Commit one row; a duplicate answers with the id of the row stored first."""
+    with write(plain) as cur:
+        cur.execute(*insert_statement(plain, values))
+        row = cur.fetchone()
+        if row is not None:
+            return resolve([values], {}, {values["dedup_key"]: row[0]})[0]
+        cur.execute(f"SELECT id FROM inbound WHERE dedup_key = {plain.mark}",
+                    [values["dedup_key"]])
+        known = cur.fetchone()
+    assert known is not None, "ON CONFLICT without a row holding the key"
+    return resolve([values], {values["dedup_key"]: known[0]}, {})[0]
+
+
+def deliver(db: DatabaseSettings, clock: Clock, stream: BinaryIO,
             sender: str | None = None,
             recipients: list[str] | None = None) -> tuple[int, Stored | None, str]:
-    raw = stream.read()
-    if not raw.strip():
+    raw = stream.read()  # one read to the end: FileIO grows one buffer, no list of chunks
+    if not raw or raw.isspace():  # not raw.strip(): that would copy the whole mail
         return EX_DATAERR, None, "empty message on standard input"
     # Postfix's pipe(8) and Exim pass the envelope in these variables.
     sender = sender if sender is not None else os.environ.get("SENDER", "")
     if recipients is None:
         env_rcpt = os.environ.get("RECIPIENT", "")
         recipients = [env_rcpt] if env_rcpt else []
+    values = inbound_row(Arrival(raw, "pipe", sender, tuple(recipients)), clock.now())
     try:
-        stored = store_raw(sessions, clock, raw, "pipe", sender, recipients)
-    except StorageUnavailable as exc:
-        return EX_TEMPFAIL, None, f"storage unavailable: {exc}"
+        with connect(db) as plain:
+            stored = store(plain, values)
     except Exception as exc:
         if is_unavailable(exc):
-            return EX_TEMPFAIL, None, f"storage unavailable: {exc}"
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            return EX_TEMPFAIL, None, f"storage unavailable: {first}"
         raise
+    log_stored([values], [stored])
     return EX_OK, stored, ""

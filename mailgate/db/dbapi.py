@@ -1,0 +1,120 @@
+"""Plain DB-API connections, for the one path that must start fast: `mailgate deliver`.
+
+Importing SQLAlchemy costs more than the whole of storing a mail (bench/deliver.py measures
+it), so the MTA pipe talks to sqlite3 or psycopg directly. What the engine
+(:mod:`mailgate.db.engine`) and this path must agree on lives here: the SQLite connection
+settings, how a URL names the database, and which errors mean "try again later".
+Only the standard library at import time; psycopg is imported when a PostgreSQL URL is used.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailgate.config import DatabaseSettings
+
+
+def sqlite_pragmas(busy_timeout_ms: int) -> list[str]:
+    """Run on every new SQLite connection. WAL lets readers go on while the worker writes;
+    NORMAL sync is durable in WAL mode against a process crash (kill -9), which is the
+    failure we promise to survive."""
+    return ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON",
+            f"PRAGMA busy_timeout={int(busy_timeout_ms)}"]
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///`` URL as SQLAlchemy reads it ("" or ":memory:" for none)."""
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return path.split("?", 1)[0]
+
+
+def make_sqlite_dir(url: str) -> None:
+    path = sqlite_path(url)
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def postgres_conninfo(url: str) -> str:
+    """libpq reads SQLAlchemy's URL once the driver name is gone from the scheme
+    (``postgresql+psycopg://u:p@h:5432/db?sslmode=require``, percent-encoding included)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+@dataclass
+class Plain:
+    """One DB-API connection, with what differs between the two databases."""
+
+    conn: Any
+    dialect: str  # "sqlite" or "postgresql"
+
+    @property
+    def mark(self) -> str:
+        """The parameter placeholder."""
+        return "?" if self.dialect == "sqlite" else "%s"
+
+    def timestamp(self, at: datetime) -> Any:
+        """A UTC time as the models' UTCDateTime stores it: naive UTC; on SQLite the text
+        SQLAlchemy writes, so that both paths' rows sort and compare alike."""
+        naive = at.astimezone(UTC).replace(tzinfo=None)
+        return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.dialect == "sqlite" else naive
+
+
+@contextmanager
+def connect(db: DatabaseSettings) -> Iterator[Plain]:
+    """A connection, closed on leaving."""
+    if db.url.startswith("sqlite"):
+        make_sqlite_dir(db.url)
+        path = sqlite_path(db.url) or ":memory:"
+        lite = sqlite3.connect(path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+        try:
+            for pragma in sqlite_pragmas(db.busy_timeout_ms):
+                lite.execute(pragma)
+            yield Plain(lite, "sqlite")
+        finally:
+            lite.close()
+        return
+    import psycopg  # only here: its import alone costs as much as the rest of `deliver`
+
+    with psycopg.connect(postgres_conninfo(db.url), connect_timeout=5, autocommit=True) as pg:
+        yield Plain(pg, "postgresql")
+
+
+@contextmanager
+def write(plain: Plain) -> Iterator[Any]:
+    """One write transaction; a cursor. On SQLite the write lock is taken up front
+    (IMMEDIATE), as the engine does: no lock upgrade that could deadlock."""
+    conn = plain.conn
+    if plain.dialect == "sqlite":
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            conn.rollback()
+            raise
+        cur.execute("COMMIT")
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        yield cur
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for DB-API errors that mean "try again later" (database down, locked, not
+    reachable, no schema yet) rather than "this mail is bad"."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    import sys
+
+    psycopg = sys.modules.get("psycopg")  # never imported just to look at an error
+    if psycopg is None:
+        return False
+    # No table yet (`mailgate db upgrade` not run): as on SQLite, the MTA keeps the mail.
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError
+                      | psycopg.errors.UndefinedTable)
