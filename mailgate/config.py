@@ -83,6 +83,18 @@ class SmtpSettings:
     port: int = 2525
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 50
+    # Sessions open at once; one more is greeted with 421 and closed (its client retries).
+    max_connections: int = 100
+    # The longest a client may take for one command, or for the whole DATA of one mail.
+    timeout_seconds: float = 300.0
+    # Longest line accepted in DATA, without its CRLF. RFC 5322 says 998, but a script or a
+    # broken client that does not fold its lines would get a permanent 500 and lose its mail.
+    max_line_length: int = 64 * 1024
+    # STARTTLS with this PEM certificate (chain) and key; both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # No MAIL before STARTTLS (530 5.7.0); needs tls_cert and tls_key.
+    require_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -393,6 +405,34 @@ def _validate_imap_auth(acct: ImapAccount, key: str) -> None:
                f"{key}.token_url", "must be an https:// URL (http:// only to this host)")
 
 
+def _validate_smtp(smtp: SmtpSettings) -> None:
+    _positive("smtp.max_connections", smtp.max_connections)
+    _positive("smtp.timeout_seconds", smtp.timeout_seconds)
+    _check(smtp.max_line_length >= 998, "smtp.max_line_length",
+           f"must be at least 998 (RFC 5322's own limit), got {smtp.max_line_length}")
+    _check(smtp.max_line_length <= smtp.max_message_size, "smtp.max_line_length",
+           "must not be larger than smtp.max_message_size")
+    for key, other in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        if getattr(smtp, key):
+            _check(bool(getattr(smtp, other)), f"smtp.{other}",
+                   f"is required when smtp.{key} is set")
+            path = getattr(smtp, key)
+            _check(os.access(path, os.R_OK), f"smtp.{key}", f"cannot read {path}")
+    if smtp.require_tls:
+        _check(bool(smtp.tls_cert), "smtp.require_tls",
+               "needs smtp.tls_cert and smtp.tls_key (the certificate STARTTLS offers)")
+    if smtp.tls_cert:
+        import ssl  # only where TLS is configured: the CLI's start stays light
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(smtp.tls_cert, smtp.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            mismatch = "KEY_VALUES_MISMATCH" in str(exc)
+            raise ConfigError("smtp.tls_key" if mismatch else "smtp.tls_cert",
+                              "does not belong to smtp.tls_cert" if mismatch else
+                              f"cannot load it with smtp.tls_key as PEM: {exc}") from exc
+
+
 def _validate(s: Settings) -> None:
     d = s.desk
     for key in ("address", "complaints_address"):
@@ -433,6 +473,7 @@ def _validate(s: Settings) -> None:
     _check(0 <= s.smtp.port < 65536, "smtp.port", "must be a TCP port (0 = any free port)")
     _positive("smtp.max_message_size", s.smtp.max_message_size)
     _positive("smtp.max_recipients", s.smtp.max_recipients)
+    _validate_smtp(s.smtp)
     o = s.outbound
     if o.uses_relay:
         _check(0 < o.relay_port < 65536, "outbound.relay_port", "must be a TCP port (1-65535)")

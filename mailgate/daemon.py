@@ -251,7 +251,7 @@ class Daemon:
         if s.smtp.enabled:
             handler = DeskHandler(s.desk.own_addresses, self._submit, s.smtp.max_recipients,
                                   on_stored=self.wake_worker)
-            self.listener = smtp_factory(handler, socket.getfqdn(), s.smtp.max_message_size)
+            self.listener = smtp_factory(handler, socket.getfqdn(), s.smtp)
             server = await self._loop.create_server(
                 self.metrics.smtp_sessions.wrap(self.listener),
                 host=s.smtp.host, port=s.smtp.port, reuse_address=True)

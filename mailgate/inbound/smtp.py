@@ -8,12 +8,22 @@ Stopping (:class:`Listener`): once the daemon drains, a new connection is greete
 transaction under way (``MAIL`` given, ``DATA`` in progress or waiting for its commit)
 finishes and gets its ``250``. So every mail is either stored and answered ``250`` or
 refused with a 4xx that the client's queue retries: none is half taken.
+
+Hostile or broken clients (tests/inbound/test_smtp_hostile.py): more sessions than
+``[smtp] max_connections`` hear ``421`` at once; a client that takes longer than
+``timeout_seconds`` for a command, or for the whole DATA of a mail, hears ``421`` and is
+cut, and a DATA cut short stores nothing; lines up to ``max_line_length`` are taken (RFC 5322
+says 998, but a script that does not fold must not lose its request to a permanent 500) and
+the mail is stored as it came; with ``tls_cert``/``tls_key`` STARTTLS is offered, and
+``require_tls`` refuses MAIL before it (``530 5.7.0``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -21,6 +31,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailgate.config import SmtpSettings
 from mailgate.db.engine import StorageUnavailable
 from mailgate.inbound.store import Stored
 from mailgate.mail.addresses import is_valid_address, normalize
@@ -29,6 +40,11 @@ log = logging.getLogger(__name__)
 
 # RFC 5321 §3.8: a server that shuts down answers 421 (4.3.2: system not accepting mail).
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+# RFC 5321 §4.5.3.2 (timeouts), §3.7 and RFC 3463 (4.7.0: too busy for this client now).
+TOO_MANY = "421 4.7.0 Too many connections, try again later"
+TIMED_OUT = "421 4.4.2 Timeout, closing connection"
+# RFC 3207 §4: a server that requires TLS answers 530 until STARTTLS.
+NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 
 # Hands a mail to storage; the future resolves once it is committed.
 SubmitFn = Callable[[bytes, str, list[str]], "Future[Stored]"]
@@ -76,19 +92,28 @@ class DeskHandler:
 
 class DeskSMTP(SMTP):
     """aiosmtpd's SMTP session, known to its :class:`Listener` so that a stop can wait
-    for it, and refusing to start a transaction once the listener drains."""
+    for it, and refusing to start a transaction once the listener drains. Its DATA keeps
+    the mail in one buffer (aiosmtpd's keeps a list of lines and joins them: three copies
+    of a big mail at its peak)."""
 
     def __init__(self, listener: Listener, **kwargs: Any) -> None:
+        # aiosmtpd sizes its stream reader from this attribute in its __init__, and checks
+        # DATA lines against it: ours, set first. +1 for a line's dot-stuffing.
+        self.line_length_limit = listener.max_line_length + 1
         super().__init__(listener.handler, **kwargs)
         self.listener = listener
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.listener.sessions.add(self)
+        self.listener.sessions.add(self)  # again after STARTTLS: a set
 
     def connection_lost(self, error: Exception | None) -> None:
         self.listener.sessions.discard(self)
         super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes without a word; RFC 5321 §4.5.3.2 wants the client told.
+        self.shut(TIMED_OUT)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.listener.draining:
@@ -96,23 +121,103 @@ class DeskSMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
             return
+        if self.listener.require_tls and self._tls_protocol is None:
+            await self.push(NEED_TLS)
+            return
         await super().smtp_MAIL(arg)
 
-    def shut(self) -> None:
-        """The forced end (RFC 5321 §3.8): an unsolicited 421, then close."""
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA (1.4), reading into one buffer; the checks and answers are its."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        raw, refusal = await self._read_data()
+        if raw is None:
+            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            if refusal:
+                await self.push(refusal)
+            return
+        self.envelope.content = self.envelope.original_content = raw
+        del raw  # the envelope holds the one copy
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytes | None, str]:
+        """(the mail, "") or (None, the refusal); (None, "") if the connection is gone."""
+        buf = io.BytesIO()
+        size, limit = 0, self.data_size_limit
+        too_long = too_much = False
+        partial = False  # the bytes read last were part of a line longer than the limit
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                # The client went away in the middle: nothing of this mail is kept.
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                # A line longer than the limit: read on to the end of the mail (RFC 5321
+                # §4.2.5 wants the answer after the data), keeping none of it.
+                too_long = True
+                line = await self._reader.read(exc.consumed)
+            if not partial and line == b".\r\n":
+                break
+            size += len(line)
+            if limit and size > limit:
+                too_much = True
+            if too_long or too_much:
+                if buf.tell():
+                    buf = io.BytesIO()  # let the memory go now, not at the end
+            elif not partial and line[:1] == b".":
+                buf.write(memoryview(line)[1:])  # RFC 5321 §4.5.2: undo the dot-stuffing
+            else:
+                buf.write(line)
+            partial = not line.endswith(b"\r\n")
+        else:
+            return None, ""
+        if too_long:
+            return None, (f"500 5.5.2 Line too long (more than {self.listener.max_line_length}"
+                          " bytes)")
+        if too_much:
+            return None, "552 5.3.4 Error: Too much mail data"
+        # BytesIO hands over its own buffer when nothing else shares it: no copy.
+        return buf.getvalue(), ""
+
+    def shut(self, reply: str = SHUTTING_DOWN) -> None:
+        """An unsolicited 421 (RFC 5321 §3.8, §4.5.3.2), then close."""
         if self.transport is not None and not self.transport.is_closing():
             assert isinstance(self.transport, asyncio.WriteTransport)
-            self.transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+            self.transport.write(reply.encode() + b"\r\n")
             self.transport.close()
 
 
 class _Refuse(asyncio.Protocol):
-    """A connection accepted while draining: greeted with 421 and closed."""
+    """A connection not served (draining, or too many open): greeted with 421 and closed."""
+
+    def __init__(self, reply: str = SHUTTING_DOWN) -> None:
+        self.reply = reply
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+        transport.write(self.reply.encode() + b"\r\n")
         transport.close()
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """What STARTTLS offers: the server's certificate, TLS 1.2 or later, no client
+    certificate asked (a sending MTA has none to give)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 class Listener:
@@ -124,19 +229,36 @@ class Listener:
     says why in its log).
     """
 
-    def __init__(self, handler: DeskHandler, hostname: str, max_size: int) -> None:
+    def __init__(self, handler: DeskHandler, hostname: str,
+                 settings: SmtpSettings | None = None) -> None:
+        settings = settings or SmtpSettings()
         self.handler = handler
         self.hostname = hostname
-        self.max_size = max_size
+        self.max_size = settings.max_message_size
+        self.max_connections = settings.max_connections
+        self.max_line_length = settings.max_line_length
+        self.timeout = settings.timeout_seconds
+        self.require_tls = settings.require_tls
+        self.tls: ssl.SSLContext | None = (tls_context(settings.tls_cert, settings.tls_key)
+                                           if settings.tls_cert else None)
         self.sessions: set[DeskSMTP] = set()
         self.draining = False
 
     def __call__(self) -> asyncio.BaseProtocol:
         if self.draining:
             return _Refuse()
+        if len(self.sessions) >= self.max_connections:
+            log.warning("%d SMTP sessions open (smtp.max_connections): a new one hears 421",
+                        len(self.sessions))
+            return _Refuse(TOO_MANY)
         # data_size_limit makes aiosmtpd advertise SIZE and answer 552 above it.
-        return DeskSMTP(self, data_size_limit=self.max_size, hostname=self.hostname,
-                        enable_SMTPUTF8=True, decode_data=False, ident="mailgate ESMTP")
+        session = DeskSMTP(self, data_size_limit=self.max_size, hostname=self.hostname,
+                           enable_SMTPUTF8=True, decode_data=False, ident="mailgate ESMTP",
+                           timeout=self.timeout, tls_context=self.tls)
+        # Counted from now, not from connection_made: connections accepted in one go are
+        # all made before the first of them is connected.
+        self.sessions.add(session)
+        return session
 
     def drain(self) -> None:
         self.draining = True
@@ -156,5 +278,6 @@ class Listener:
         return len(left)
 
 
-def smtp_factory(handler: DeskHandler, hostname: str, max_size: int) -> Listener:
-    return Listener(handler, hostname, max_size)
+def smtp_factory(handler: DeskHandler, hostname: str,
+                 settings: SmtpSettings | None = None) -> Listener:
+    return Listener(handler, hostname, settings)
