@@ -234,8 +234,14 @@ class ImapPoller:
             if failure is None or self._stop.is_set():
                 continue
             if isinstance(failure, LeadLost):
-                log.warning("imap account %r: stopped polling: %s", self.account.name, failure)
+                log.warning("imap account %r: storage unavailable, mail left in %r: %s; "
+                            "polling again once this instance holds the lock",
+                            self.account.name, self.account.folder, failure)
                 continue  # back to waiting for the lock, which may be free again at once
+            if self.lead is not None and not self._selected:
+                # Cannot even log in (a wrong password here, say): let an instance that
+                # can have the mailbox meanwhile.
+                self.lead.release()
             # An account that worked up to SELECT retries from the short delay again.
             failures = 1 if self._selected else failures + 1
             delay = self.tuning.backoff.delay(failures)

@@ -38,10 +38,11 @@ class LeadLost(Exception):
 
 
 def lock_key(account: ImapAccount) -> int:
-    """A signed 64-bit key (what pg_advisory_lock takes) for the mailbox, not the account's
-    local name: two instances may name the same mailbox differently."""
-    ident = f"mailgate-imap\0{account.host}\0{account.port}\0{account.login_user}\0" \
-            f"{account.folder}"
+    """A signed 64-bit key (what pg_advisory_lock takes) for the account as configured: the
+    same on every instance that runs the same config. Two accounts of one config on the
+    same mailbox (under different names) do not wait for each other."""
+    ident = f"mailgate-imap\0{account.name}\0{account.host}\0{account.port}\0" \
+            f"{account.login_user}\0{account.folder}"
     return int.from_bytes(hashlib.sha256(ident.encode()).digest()[:8], "big", signed=True)
 
 
@@ -63,22 +64,29 @@ class Lead:
         """Waits until the lock is ours (True) or `stop` is set (False). Database errors are
         logged and retried like a refusal: a poller never polls without the lock."""
         waiting_logged = False
+        errors = 0
         while not stop.is_set():
+            delay = self.retry_seconds
             try:
                 if self._try():
                     log.info("imap account %r: this instance polls it now (lock %d)",
                              self.account.name, self.key)
                     return True
             except Exception as exc:
-                log.warning("imap account %r: cannot take the polling lock: %s; retrying "
-                            "in %gs", self.account.name, exc, self.retry_seconds)
+                # The database is away: try again soon (1 s, doubling), as the poller
+                # would; the mail waits in its folder meanwhile.
+                errors += 1
+                delay = min(self.retry_seconds, 2.0 ** (errors - 1))
+                log.warning("imap account %r: storage unavailable, cannot take the polling "
+                            "lock: %s; retrying in %gs", self.account.name, exc, delay)
             else:
+                errors = 0
                 if not waiting_logged:
                     log.info("imap account %r: polled by another instance; taking over "
                              "when it stops (checked every %gs)", self.account.name,
                              self.retry_seconds)
                     waiting_logged = True
-            stop.wait(self.retry_seconds)
+            stop.wait(delay)
         return False
 
     def _try(self) -> bool:

@@ -381,6 +381,9 @@ def test_storage_down_leaves_the_mail_untouched(
         proxy = TcpProxy("127.0.0.1", 5432)
         a = imap_app(database={"url": url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")})
         d = RunningDaemon(a).start()
+        # On PostgreSQL the poller first takes the account's lock (inbound/leader.py): the
+        # outage starts once it watches the folder.
+        until(poller(d).idling.is_set, what="IDLE")
         proxy.cut()
         outage_over = proxy.restore
     try:
