@@ -266,6 +266,28 @@ def autoreply_headers(mail: ParsedMail) -> Finding:
     return None
 
 
+_CHALLENGE_HEADERS = ("x-bluebottle-request", "x-boxbe-challenge", "x-spamarrest-challenge",
+                      "x-challenge-response", "x-mailblocks-challenge")
+_CHALLENGE_TEXT = re.compile(
+    r"(?:added|add your (?:e-?mail )?address) to (?:the recipient's |my |his |her |their )?"
+    r"(?:allowed|approved|white|safe|trusted)[ -]?(?:list|senders)", re.IGNORECASE)
+
+
+def challenge_response(mail: ParsedMail) -> Finding:
+    """Challenge-response filters (Bluebottle, Boxbe, Spam Arrest): "click the link to have
+    your address added to the recipient's allowed list". A machine; answering it would
+    confirm our address to a filter, and its link is not ours to follow."""
+    for name in _CHALLENGE_HEADERS:
+        if mail.header(name):
+            return AUTO_REPLY, f"{name}: {mail.header(name)[:40]}"
+    if _person_says_no(mail):
+        return None
+    m = _CHALLENGE_TEXT.search(mail.text[:5000])
+    if m and re.search(r"https?://", mail.text[:5000]):
+        return AUTO_REPLY, f"challenge-response: text says {m.group(0)[:60]!r}"
+    return None
+
+
 def precedence_auto_reply(mail: ParsedMail) -> Finding:
     value = mail.header("precedence").strip().lower()
     return (AUTO_REPLY, f"Precedence: {value}") if value == "auto_reply" else None
@@ -388,6 +410,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("auto-submitted", auto_submitted),
     ("autoreply-headers", autoreply_headers),
     ("precedence-auto-reply", precedence_auto_reply),
+    ("challenge-response", challenge_response),
     ("out-of-office-subject", out_of_office_subject),
     # A list never sends with a null sender (it wants its bounces); a vacation program does,
     # often with Precedence: bulk/junk.

@@ -270,3 +270,47 @@ def test_mailer_daemon_without_domain_is_a_bounce() -> None:
 def test_checks_table_names_are_unique() -> None:
     names = [name for name, _check in a.CHECKS]
     assert len(names) == len(set(names))
+
+
+# --- real bounces that named no usable sender or came from a mailbox (issue 11, item 10) ---
+
+BILINGUAL = ("Votre message n'a pas pu être remis à jan@site.example.\n"
+             "Your message could not be delivered to jan@site.example.\n")
+
+
+def test_failure_report_from_an_ordinary_mailbox() -> None:
+    m = mail("From: Accueil <accueil@partner.example>",
+             "Subject: RE: Offerte 2023 : non remis (delivery failed)", body=BILINGUAL)
+    found = a.detect(m)
+    assert found is not None and (found.kind, found.check) == (
+        "bounce", "failure-report-from-mailbox")
+
+
+@pytest.mark.parametrize(("subject", "body"), [
+    ("RE: Offerte 2023 : non remis (delivery failed)", "Merci, bien reçu."),  # no address
+    ("Delivery failed bij de drukker", BILINGUAL),   # a person's subject about a failure
+])
+def test_failure_words_alone_are_not_a_report(subject: str, body: str) -> None:
+    assert a.failure_report_from_mailbox(mail(f"Subject: {subject}", body=body)) is None
+
+
+@pytest.mark.parametrize("sender", [
+    "Mail Delivery System <>", '"Delivery" <"mail daemon"@mx.example>', "System Administrator",
+])
+def test_bounce_without_usable_sender_address(sender: str) -> None:
+    m = mail(f"From: {sender}", "Subject: Returned mail: see transcript",
+             body="The original message was received.\n\n550 5.1.1 user unknown\n")
+    assert m.from_addr == "" and kind(a.detect(m)) == "bounce"
+
+
+def test_person_without_usable_sender_is_not_called_a_machine() -> None:
+    m = mail("From: Jan Peeters", body="De site is stuk.")
+    assert m.from_addr == "" and a.detect(m) is None   # the policy ignores it (no-sender)
+
+
+def test_challenge_response() -> None:
+    m = mail("Subject: RE: Uw vraag", body="Please click on the following link to have your "
+             "address added to the recipient's allowed list:\nhttps://cr.example/v/1234\n")
+    assert kind(a.detect(m)) == "auto-reply"
+    assert kind(a.challenge_response(mail("X-Bluebottle-Request: <1234>"))) == "auto-reply"
+    assert a.challenge_response(mail(body="Kan je me op de whitelist zetten?")) is None
