@@ -623,7 +623,15 @@ def repair_unfolded_headers(raw: bytes) -> bytes:
             kinds.append("field")
         else:
             kinds.append("orphan")
-    if "orphan" not in kinds or kinds[0] == "orphan":
+    if kinds and kinds[0] == "orphan":
+        # A line of junk above the header fields ("---- Original email message ----", a
+        # copy pasted by a gateway): the mail starts at the first known field, if one of the
+        # next few lines is one (the stored raw mail keeps the line).
+        first = next((i for i, k in enumerate(kinds[:5]) if k == "field"), None)
+        if first is None or not _KNOWN_FIELD.match(lines[first]):
+            return raw
+        return repair_unfolded_headers(raw[sum(len(x) for x in lines[:first]):])
+    if "orphan" not in kinds:
         return raw
     known_after = [False] * (len(lines) + 1)
     for i in range(len(lines) - 1, -1, -1):
