@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mailgate.config import ConfigError, from_dict
+from tests.support.tls import self_signed
 
 
 def test_defaults_are_the_embedded_setup() -> None:
@@ -28,6 +31,16 @@ def test_defaults_are_the_embedded_setup() -> None:
     ({"outbound": {"retry_base_seconds": 0}}, "outbound.retry_base_seconds"),
     ({"access": {"require_authentication": True}}, "access.authserv_id"),
     ({"nonsense": 1}, "nonsense"),
+    ({"smtp": {"max_connections": 0}}, "smtp.max_connections"),
+    ({"smtp": {"timeout_seconds": 0}}, "smtp.timeout_seconds"),
+    ({"smtp": {"timeout_seconds": "5m"}}, "smtp.timeout_seconds"),
+    ({"smtp": {"max_line_length": 500}}, "smtp.max_line_length"),
+    ({"smtp": {"max_line_length": 2_000_000, "max_message_size": 1_000_000}},
+     "smtp.max_line_length"),
+    ({"smtp": {"require_tls": True}}, "smtp.require_tls"),
+    ({"smtp": {"tls_cert": "/nonexistent/cert.pem"}}, "smtp.tls_key"),
+    ({"smtp": {"tls_cert": "/nonexistent/cert.pem", "tls_key": "/nonexistent/key.pem"}},
+     "smtp.tls_cert"),
 ])
 def test_errors_name_the_key(data: dict, key: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as info:
@@ -39,3 +52,26 @@ def test_imap_account_defaults() -> None:
     s = from_dict({"imap": [{"host": "imap.x", "username": "desk", "password": "p"}]})
     [acct] = s.imap
     assert acct.name == "desk" and acct.folder == "INBOX" and acct.port == 993
+
+
+def test_smtp_defaults() -> None:
+    smtp = from_dict({}).smtp
+    assert smtp.max_line_length == 65536 and smtp.max_connections == 100
+    assert smtp.timeout_seconds == 300 and not smtp.tls_cert and not smtp.require_tls
+
+
+def test_tls_certificate_and_key_are_loaded_when_the_config_is_read(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path / "a")
+    s = from_dict({"smtp": {"tls_cert": str(cert), "tls_key": str(key), "require_tls": True}})
+    assert s.smtp.require_tls
+    # A key of another certificate: named as the key, with the reason.
+    _other_cert, other_key = self_signed(tmp_path / "b")
+    with pytest.raises(ConfigError) as info:
+        from_dict({"smtp": {"tls_cert": str(cert), "tls_key": str(other_key)}})
+    assert info.value.key == "smtp.tls_key" and "does not belong" in info.value.reason
+    # Not a certificate at all.
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as info:
+        from_dict({"smtp": {"tls_cert": str(junk), "tls_key": str(key)}})
+    assert info.value.key == "smtp.tls_cert" and "cannot load" in info.value.reason

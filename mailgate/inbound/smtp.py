@@ -50,6 +50,17 @@ NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 SubmitFn = Callable[[bytes, str, list[str]], "Future[Stored]"]
 
 
+def storable(address: str) -> str:
+    """An envelope address as a database takes it. aiosmtpd hands on bytes that are not
+    UTF-8 (``MAIL FROM:<j\xe9r\xf4me@…>`` from an old client) as surrogate escapes, which no
+    driver encodes: such a mail would be answered 451 for ever and lost. The raw mail is
+    stored untouched; only this envelope copy shows U+FFFD where the bytes were."""
+    if address.isascii() and "\0" not in address:
+        return address
+    return (address.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            .replace("\0", "\ufffd"))  # PostgreSQL takes no NUL in text
+
+
 class DeskHandler:
     """aiosmtpd handler: accepts mail for the desk's own addresses only (no open relay)."""
 
@@ -78,8 +89,9 @@ class DeskHandler:
             # Shielded: a client that vanishes while its mail waits for the commit cancels
             # this coroutine, and that must not cancel the writer's future (setting the
             # result of a cancelled future raises in the writer thread and stops it).
-            stored = await asyncio.shield(asyncio.wrap_future(
-                self.submit(raw, envelope.mail_from or "", list(envelope.rcpt_tos))))
+            stored = await asyncio.shield(asyncio.wrap_future(self.submit(
+                raw, storable(envelope.mail_from or ""),
+                [storable(r) for r in envelope.rcpt_tos])))
         except StorageUnavailable as exc:
             log.warning("storage unavailable, answered 451: %s", exc)
             return "451 4.3.0 Storage temporarily unavailable, try again later"
