@@ -54,6 +54,7 @@ from email.utils import getaddresses
 import mailparser
 from charset_normalizer import from_bytes as _detect_charsets
 
+from mailgate.mail import bigparts
 from mailgate.mail.addresses import is_valid_address, normalize
 from mailgate.mail.htmltext import html_to_text
 from mailgate.mail.quotes import is_forward_subject, split_reply
@@ -468,7 +469,9 @@ def _part_bytes(part: Message) -> bytes:
     payload = part.get_payload()
     if isinstance(payload, list):  # message/* parsed into parts: their bytes, as sent
         return b"".join(_message_bytes(p) for p in payload if isinstance(p, Message))
-    data = part.get_payload(decode=True)
+    data: object = bigparts.decoded(part)  # a big base64 attachment: from the raw bytes
+    if data is None:
+        data = part.get_payload(decode=True)
     if isinstance(data, bytes):
         return data
     return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
@@ -778,7 +781,11 @@ def _message(raw: bytes) -> tuple[mailparser.MailParser, Charsets]:
 
 
 def _mailparser(raw: bytes) -> tuple[mailparser.MailParser, Charsets]:
-    msg = email.message_from_bytes(raw)
+    # Long base64 bodies stay out of the parser (a big attachment cost ~8x its size there);
+    # their parts are decoded from the raw bytes by _part_bytes (mail/bigparts.py).
+    skeleton, stashed = bigparts.stash(raw)
+    msg = email.message_from_bytes(skeleton)
+    bigparts.restore(msg, stashed)
     if msg.epilogue is None:
         msg.epilogue = ""  # mail-parser reads it when a boundary is missing
     # What the message declares, read before the body parts get the charsets that read them.
