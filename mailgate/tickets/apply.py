@@ -15,10 +15,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import Inbound, Ticket
+from mailgate.db.models import Event, Inbound, Ticket
 from mailgate.db.status import InboundStatus
 from mailgate.mail.parse import ParsedMail
-from mailgate.tickets import access, agentwork, bounces, notify, service
+from mailgate.tickets import access, agentwork, autoanswer, bounces, notify, service
 from mailgate.tickets.agentwork import Actor
 from mailgate.tickets.commands import AgentCommand, BadLine
 from mailgate.tickets.desk import Desk
@@ -114,10 +114,30 @@ def _announce(c: Context, ticket: Ticket, event: str, text: str,
                   urgent=evidence.evidence if evidence and ticket.priority == "urgent" else "")
 
 
+def _looping(c: Context, ticket: Ticket, sender: str, text: str, passed_to: str) -> str:
+    """A reason when this is the same text from `sender` on the ticket again (a machine
+    answering the desk's mails): kept, recorded as suppressed, not passed on."""
+    repeats = autoanswer.same_text_on_ticket(c.session, ticket.id, sender, c.mail.subject,
+                                             text, c.now)
+    if repeats < autoanswer.SAME_TEXT_PER_HOUR:
+        return ""
+    reason = f"the same text from {sender} {repeats + 1} times this hour on {ticket.ref} " \
+             "(a loop)"
+    # The shape of the loop brake's other answer.suppressed events (tickets/autoanswer.py).
+    c.session.add(Event(at=c.now, kind="answer.suppressed", ticket_id=ticket.id,
+                        inbound_id=c.inbound.id,
+                        detail={"to": passed_to, "kind": "relay", "reason": reason}))
+    return reason
+
+
 def append(c: Context) -> Outcome:
     ticket = c.ticket()
+    looping = _looping(c, ticket, c.mail.from_addr, display_text(c.mail), "agents")
     escalated = service.append_follow_up(c.session, c.desk, ticket, c.mail, c.inbound, c.now,
                                          c.facts.urgency)
+    if looping:
+        return Outcome(InboundStatus.TICKET, ticket.id,
+                       reason=f"{c.decision.reason}; agents not told: {looping}")
     _announce(c, ticket, "follow-up", display_text(c.mail), became_urgent=escalated)
     return Outcome(InboundStatus.TICKET, ticket.id)
 
@@ -168,9 +188,12 @@ def agent(c: Context) -> Outcome:
     # Whoever the agent wrote to directly already has the mail: no second copy.
     direct = {a.lower() for a in (*c.mail.to, *c.mail.cc)}
     is_note = c.facts.to_comment or (cmd is not None and cmd.note)
-    if is_note or not text:
+    looping = "" if is_note or not text else _looping(c, ticket, who.email, text, "editor")
+    if is_note or not text or looping:
         service.agent_note(c.session, c.desk, ticket, c.mail, c.inbound, text, c.now)
-    if text and is_note:
+    if looping:
+        pass  # kept on the ticket for the agents; neither relayed nor copied
+    elif text and is_note:
         notify.copy_to_agents(c.session, c.desk, ticket, "note", text, who.name, who.email,
                               c.now, inbound=c.inbound, mail=c.mail, exclude=direct)
     elif text:
@@ -183,7 +206,10 @@ def agent(c: Context) -> Outcome:
                               c.now, inbound=c.inbound, mail=c.mail, exclude=direct)
     if cmd is not None:
         agentwork.apply(c.session, c.desk, ticket, cmd, actor, c.now, c.inbound,
-                        answered=bool(text) and not is_note)
+                        answered=bool(text) and not is_note and not looping)
+    if looping:
+        return Outcome(InboundStatus.TICKET, ticket.id,
+                       reason=f"{c.decision.reason}; not relayed: {looping}")
     return Outcome(InboundStatus.TICKET, ticket.id)
 
 

@@ -9,7 +9,13 @@ The brake sits where loops live, and never costs a real user their ticket number
 - the same mail (subject and text) from the same address, again and again, is a machine
   answering us: after :data:`SAME_TEXT_PER_HOUR` answers to it in an hour, no more;
 - a machine that varies its mail and carries no automatic-mail marks still meets the
-  editors' ceiling: a loop of at most ``acks_per_hour`` mails an hour, never an endless one.
+  editors' ceiling: a loop of at most ``acks_per_hour`` mails an hour, never an endless one;
+- the desk also relays between people: an editor's follow-up is told to the agents, an
+  agent's answer goes to the editor. Two auto-responders without automatic-mail marks, one
+  behind an editor's address and one behind an agent's, would answer each other through
+  it for ever; the same text from the same address on the same ticket more than
+  :data:`SAME_TEXT_PER_HOUR` times in an hour is kept on the ticket but passed on no more
+  (:func:`same_text_on_ticket`, tests/test_loops.py).
 
 Every automatic mail, sent or suppressed, leaves a row, so `inbound show` and agents can see
 why an editor got no acknowledgement.
@@ -24,7 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import AutoAnswer, BouncingAddress, Event
+from mailgate.db.models import AutoAnswer, BouncingAddress, Event, Message
 
 WINDOW = timedelta(hours=1)
 SAME_TEXT_PER_HOUR = 3
@@ -69,3 +75,15 @@ def allow(session: Session, address: str, kind: str, now: datetime, per_hour: in
                           inbound_id=inbound_id,
                           detail={"to": address, "kind": kind, "reason": reason}))
     return not reason
+
+
+def same_text_on_ticket(session: Session, ticket_id: int, sender: str, subject: str,
+                        text: str, now: datetime) -> int:
+    """How many mails with this text (reply prefixes, case and spacing aside) `sender` put
+    on the ticket in the last hour. A person does not send the same words again and again;
+    an auto-responder answering the desk's mails does."""
+    digest = text_digest(subject, text)
+    rows = session.execute(select(Message.subject, Message.body_text).where(
+        Message.ticket_id == ticket_id, Message.direction == "in",
+        func.lower(Message.from_addr) == sender.lower(), Message.created_at > now - WINDOW))
+    return sum(text_digest(subj, body) == digest for subj, body in rows)
