@@ -196,11 +196,18 @@ def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettin
     down_until = _relay_down_until.get(transport)
     if down_until is not None and clock.now() < down_until:
         return FlushResult()
-    rows = _claim(factory, clock, limit, timedelta(seconds=settings.lease_seconds))
+    lease = timedelta(seconds=settings.lease_seconds)
+    # Rows are sent only in the first half of their lease: past it, another pass or instance
+    # may claim them while we still hold them (a slow relay, a long batch), and send twice.
+    send_until = clock.now() + lease / 2
+    rows = _claim(factory, clock, limit, lease)
     if not rows:
         return FlushResult()
     with transport.batch():
         for i, row in enumerate(rows):
+            if clock.now() >= send_until:  # the rest go in the next pass, claimed afresh
+                _release(factory, [r.id for r in rows[i:]])
+                break
             result, retry_at = _deliver(factory, clock, settings, transport, row)
             sent += result == OutboxStatus.SENT
             retrying += result == OutboxStatus.PENDING
