@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from sqlalchemy.engine import Engine
 from mailgate.config import ImapAccount
 from mailgate.db.models import Inbound, Outbox, Ticket
 from mailgate.db.status import InboundStatus, OutboxStatus
-from mailgate.inbound.leader import lock_key
+from mailgate.inbound.leader import Lead, LeadLost, lock_key
 from tests.support.dovecot import DEFAULT_PASSWORD, DEFAULT_USER, DovecotServer
 from tests.support.mails import make_mail, wire
 from tests.support.pgschema import private_schema
@@ -206,3 +207,33 @@ def test_one_instance_polls_the_mailbox_and_another_takes_over_when_it_dies(
     assert takeover < 60
     print(f"\nIMAP lock: one poller of two; taken over {takeover:.1f}s after kill -9 of the "
           "holder (leader_retry_seconds = 1)")
+
+
+def test_the_polling_lock_has_one_holder_and_is_lost_with_its_connection(pg_url: str) -> None:
+    """mailgate/inbound/leader.py on its own: one holder; a standby waits; a holder whose
+    connection the server ends finds out at its next check."""
+    engine = create_engine(pg_url)
+    account = ImapAccount(name="desk", host="imap.example", username="desk",
+                          leader_retry_seconds=0.1)
+    first, second = Lead(engine, account), Lead(engine, account)
+    try:
+        assert first.acquire(threading.Event())
+        gave_up = threading.Event()
+        threading.Timer(0.5, gave_up.set).start()
+        assert not second.acquire(gave_up)  # held elsewhere: waits until told to stop
+        first.check()
+        first.release()
+        assert second.acquire(threading.Event())  # free again: taken at once
+        key = lock_key(account) & 0xFFFF_FFFF_FFFF_FFFF
+        with engine.connect() as conn:  # the server ends the holder's session
+            conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND granted AND objsubid = 1 AND classid::bigint = :high "
+                "AND objid::bigint = :low"), {"high": key >> 32, "low": key & 0xFFFF_FFFF})
+        with pytest.raises(LeadLost):
+            second.check()
+        assert first.acquire(threading.Event())
+    finally:
+        first.release()
+        second.release()
+        engine.dispose()
