@@ -16,6 +16,7 @@ makes the values, both insert the same columns) and SQLite's in-process write lo
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import queue
@@ -43,7 +44,8 @@ _STOP = object()
 _COLUMNS = ("raw", "size", "digest", "message_id", "dedup_key", "channel", "envelope_from",
             "envelope_to", "received_at", "status", "reason", "kind", "attempts")
 
-Item = tuple[Arrival, "Future[Stored]"]
+Item = tuple[Arrival, "Future[Stored]", "asyncio.AbstractEventLoop | None"]
+Outcome = tuple["Future[Stored]", "Stored | BaseException"]
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -74,9 +76,16 @@ class IntakeWriter:
         self._release()
 
     def submit(self, arrival: Arrival) -> Future[Stored]:
+        """Queues the mail; the future resolves once it is committed. Called from an event
+        loop (the SMTP handler), the future is resolved in that loop's thread, all of a
+        batch with one wake-up of the loop (one per mail cost a GIL hand-over each)."""
         self._arrivals.append(time.monotonic())
         future: Future[Stored] = Future()
-        self._queue.put((arrival, future))
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._queue.put((arrival, future, loop))
         return future
 
     def busy(self, window: float = 0.1, threshold: int = 8) -> bool:
@@ -128,10 +137,9 @@ class IntakeWriter:
 
     def _commit(self, batch: list[Item]) -> None:
         try:
-            rows, results = self._store([a for a, _f in batch])
+            rows, results = self._store([a for a, _f, _l in batch])
         except StorageUnavailable as exc:
-            for _a, future in batch:
-                future.set_exception(exc)
+            self._settle(batch, [exc] * len(batch))
             return
         except Exception:
             if len(batch) > 1:
@@ -140,11 +148,25 @@ class IntakeWriter:
                     self._commit([item])
                 return
             log.exception("could not store a message")
-            batch[0][1].set_exception(RuntimeError("could not store the message"))
+            self._settle(batch, [RuntimeError("could not store the message")])
             return
-        for (_a, future), stored in zip(batch, results, strict=True):
-            future.set_result(stored)
+        self._settle(batch, list(results))
         log_stored(rows, results)  # after the 250s are released: not on a sender's time
+
+    @staticmethod
+    def _settle(batch: list[Item], outcomes: list[Stored | BaseException]) -> None:
+        """Resolves the futures: those of an event loop in one call into that loop."""
+        by_loop: dict[asyncio.AbstractEventLoop | None, list[Outcome]] = {}
+        for (_a, future, loop), outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, pairs in by_loop.items():
+            if loop is not None:
+                try:
+                    loop.call_soon_threadsafe(_resolve, pairs)
+                    continue
+                except RuntimeError:  # the loop is closed: nobody waits in it any more
+                    pass
+            _resolve(pairs)
 
     def _store(self, arrivals: list[Arrival]) -> tuple[list[dict[str, Any]], list[Stored]]:
         """Commit the batch in one transaction; StorageUnavailable if the database cannot
@@ -197,3 +219,13 @@ class IntakeWriter:
                 known = {k: i for k, i in cur.fetchall()}
         return known, new
 
+
+
+def _resolve(pairs: list[Outcome]) -> None:
+    for future, outcome in pairs:
+        if future.done():  # cancelled by its waiter
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

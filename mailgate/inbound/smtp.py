@@ -24,6 +24,7 @@ import asyncio
 import io
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -61,6 +62,35 @@ def storable(address: str) -> str:
             .replace("\0", "\ufffd"))  # PostgreSQL takes no NUL in text
 
 
+def _in_loop(future: Future[Stored]) -> asyncio.Future[Stored]:
+    """An asyncio future following `future`. Unlike asyncio.wrap_future it takes no second
+    trip through the loop when `future` is resolved in the loop's own thread, as the intake
+    does for a whole batch at once (mailgate/inbound/intake.py)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Stored] = loop.create_future()
+    loop_thread = threading.get_ident()
+
+    def copy(done: Future[Stored]) -> None:
+        if waiter.done():
+            return
+        exc = done.exception()
+        if exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(done.result())
+
+    def follow(done: Future[Stored]) -> None:
+        if loop.is_closed():  # the daemon stopped: nobody waits any more
+            return
+        if threading.get_ident() == loop_thread:
+            copy(done)
+        else:
+            loop.call_soon_threadsafe(copy, done)
+
+    future.add_done_callback(follow)
+    return waiter
+
+
 class DeskHandler:
     """aiosmtpd handler: accepts mail for the desk's own addresses only (no open relay)."""
 
@@ -89,7 +119,7 @@ class DeskHandler:
             # Shielded: a client that vanishes while its mail waits for the commit cancels
             # this coroutine, and that must not cancel the writer's future (setting the
             # result of a cancelled future raises in the writer thread and stops it).
-            stored = await asyncio.shield(asyncio.wrap_future(self.submit(
+            stored = await asyncio.shield(_in_loop(self.submit(
                 raw, storable(envelope.mail_from or ""),
                 [storable(r) for r in envelope.rcpt_tos])))
         except StorageUnavailable as exc:
