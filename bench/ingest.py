@@ -194,6 +194,19 @@ def wait_smtp(port: int, proc: subprocess.Popen[bytes], log_path: Path,
                        + tail(log_path))
 
 
+def wait_quiet(pid: int, timeout: float = 30.0) -> None:
+    """Until the process idles (under 10% of a CPU over half a second): its start-up work
+    done (the language detector is built after READY=1, and would run into the burst)."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - before < 0.05:
+            return
+        before = now
+
+
 # --- the load ---------------------------------------------------------------------------------
 
 def build_mails(count: int) -> list[tuple[str, bytes]]:
@@ -318,6 +331,7 @@ def run_bare(messages: int, connections: int, rounds: int) -> list[Sent]:
         args = [PYTHON, str(ROOT / "bench" / "bare_smtp.py"), "--port", str(port)]
         with server_process(args, log_path) as proc:
             wait_smtp(port, proc, log_path)
+            wait_quiet(proc.pid)
             return [Load(port, build_mails(messages), connections, None).run()
                     for _ in range(rounds)]
 
@@ -450,6 +464,7 @@ def run_mailgate(base_url: str | None, messages: int, connections: int,
         serve = [PYTHON, "-m", "mailgate", "--config", str(config), "serve"]
         proc = stack.enter_context(server_process(serve, log_path, daemon_env()))
         wait_smtp(smtp_port, proc, log_path)
+        wait_quiet(proc.pid)
         engine = create_engine(db_url, pool_size=1, max_overflow=0)
         stack.callback(engine.dispose)
 
@@ -599,6 +614,8 @@ def bench(args: argparse.Namespace) -> None:
         bursts.append(run_mailgate(args.database_url, args.messages, args.connections, None,
                                    drain=last and not args.accept_only))
         bare += run_bare(args.messages, args.connections, 1)
+        log(f"  round {i + 1}: bare {bare[-2].rate:.0f}, mailgate {bursts[-1].sent.rate:.0f}, "
+            f"bare {bare[-1].rate:.0f} msgs/s (load {load_average()})")
     bare_rate = report_bare(bare, args.messages)
     report_burst(bursts, bare, args.messages, bare_rate, sqlite=not args.database_url)
     if not args.accept_only:
