@@ -184,3 +184,47 @@ def test_html_structure() -> None:
     assert "<p>&nbsp;&nbsp;- indented</p>" in page
     assert "http://" not in page.replace("https://x.example/p", "")
     assert "<img" not in page and "<script" not in page
+
+
+# --- headers written directly (no EmailMessage on the way out) ---------------------------------
+
+
+@pytest.mark.parametrize("name, subject", [
+    ("Agent Één (Bench Desk)", "[SD-12] Réponse: le formulaire ne marche pas " + "x" * 60),
+    ('Desk "Support", Brussel', " ".join(["测试邮件"] * 20)),
+    ("Ünïcödé " + "y" * 90, "Re: " + " ".join(["émoji😀"] * 30)),
+    ("a\\b", "=?utf-8?q?not-an-encoded-word?= stays as written"),
+])
+def test_free_text_in_headers_reads_back_as_written(name: str, subject: str) -> None:
+    att = OutAttachment("schermafdrukké 1.png", "image/png", b"\x89PNG" * 100)
+    raw = build(_out(from_name=name, subject=subject, attachments=(att,),
+                     references=tuple(f"<r{i}@x.example>" for i in range(30))))
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert b"\n" not in raw.replace(b"\r\n", b""), "every line ends in CRLF"
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    # Folded at 78 columns, unless a single word is longer than a line.
+    assert all(len(line) <= 78 or max(map(len, line.split())) > 60
+               for line in head.split(b"\r\n"))
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg["Subject"] == subject
+    assert msg["From"].addresses[0].display_name == name
+    assert msg["From"].addresses[0].addr_spec == "desk@x.example"
+    assert msg["References"].split() == [f"<r{i}@x.example>" for i in range(10, 30)]
+    assert [p.get_filename() for p in msg.iter_attachments()] == ["schermafdrukké 1.png"]
+    part = next(msg.iter_attachments())
+    assert part.get_content() == b"\x89PNG" * 100
+
+
+def test_long_lines_go_quoted_printable_and_read_back() -> None:
+    text = "Zie " + "https://www.example.be/" + "ä/" * 600 + " en verder.\n"
+    msg = email.message_from_bytes(build(_out(body=text)), policy=policy.default)
+    plain = msg.get_body(("plain",))
+    assert plain is not None and plain["Content-Transfer-Encoding"] in ("quoted-printable",
+                                                                      "base64")
+    assert unflow(plain.get_content()) == text
+
+
+def test_a_malformed_in_reply_to_is_left_out() -> None:
+    msg = email.message_from_bytes(build(_out(in_reply_to="no brackets@x")),
+                                   policy=policy.default)
+    assert msg["In-Reply-To"] is None
