@@ -21,12 +21,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.clock import Clock
 from mailgate.config import OutboundSettings
-from mailgate.db.engine import transaction
+from mailgate.db.engine import core_transaction, transaction
 from mailgate.db.models import Event, Outbox, Ticket
 from mailgate.db.status import OutboxStatus
 from mailgate.logs import event
@@ -203,20 +203,33 @@ def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettin
     rows = _claim(factory, clock, limit, lease)
     if not rows:
         return FlushResult()
-    with transport.batch():
-        for i, row in enumerate(rows):
-            if clock.now() >= send_until:  # the rest go in the next pass, claimed afresh
-                _release(factory, [r.id for r in rows[i:]])
-                break
-            result, retry_at = _deliver(factory, clock, settings, transport, row)
+    done: list[_Sent] = []
+
+    def settle() -> None:
+        nonlocal sent, retrying, failed, done
+        for result in _settle(factory, done):
             sent += result == OutboxStatus.SENT
             retrying += result == OutboxStatus.PENDING
             failed += result == OutboxStatus.FAILED
-            if retry_at is not None:  # the relay is down: the rest wait, untouched
-                _relay_down_until[transport] = retry_at
-                _release(factory, [r.id for r in rows[i + 1:]])
-                break
-            _relay_down_until.pop(transport, None)
+        done = []
+
+    try:
+        with transport.batch():
+            for i, row in enumerate(rows):
+                if clock.now() >= send_until:  # the rest go in the next pass, claimed afresh
+                    _release(factory, [r.id for r in rows[i:]])
+                    break
+                done.append(_send(clock, settings, transport, row))
+                if done[-1].down:  # the relay is down: the rest wait, untouched
+                    _relay_down_until[transport] = done[-1].retry_at
+                    _release(factory, [r.id for r in rows[i + 1:]])
+                    break
+                _relay_down_until.pop(transport, None)
+                if len(done) >= SETTLE_EVERY or done[-1].at - done[0].at >= SETTLE_WITHIN:
+                    settle()
+    finally:
+        if done:  # also when the pass ends early: what went out is recorded
+            settle()
     return FlushResult(sent, retrying, failed)
 
 
@@ -226,10 +239,28 @@ def _release(factory: sessionmaker[Session], ids: list[int]) -> None:
             session.execute(update(Outbox).where(Outbox.id.in_(ids)).values(lease_until=None))
 
 
-def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
-             transport: Transport, row: Outbox) -> tuple[OutboxStatus, datetime | None]:
-    """Sends one claimed row and records the outcome; returns the row's new status, and
-    its retry time when the relay itself is down."""
+# Outcomes are recorded for several rows in one transaction rather than one each: at most
+# this many, and no later than this long after the first of them was sent (well inside the
+# first half of the lease). A crash before that write resends them after the lease, as a
+# crash between a send and its record always could: at-least-once.
+SETTLE_EVERY = 25
+SETTLE_WITHIN = timedelta(seconds=0.5)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """One row handed to the transport, and what came of it (not yet recorded)."""
+
+    row: Outbox
+    status: OutboxStatus
+    error: str
+    at: datetime
+    retry_at: datetime
+    down: bool  # the relay itself is down (not this mail refused)
+
+
+def _send(clock: Clock, settings: OutboundSettings, transport: Transport,
+          row: Outbox) -> _Sent:
     error = ""
     status = OutboxStatus.SENT
     down = False
@@ -241,33 +272,54 @@ def _deliver(factory: sessionmaker[Session], clock: Clock, settings: OutboundSet
         status, error = OutboxStatus.PENDING, f"{type(exc).__name__}: {exc}"
         down = _relay_down(exc)
     now = clock.now()
-    retry_at = now + backoff(settings, row.attempts + 1)
-    values: dict[str, object] = {"status": status, "lease_until": None,
-                                 "attempts": Outbox.attempts + 1, "last_error": error}
-    if status == OutboxStatus.SENT:
-        values["sent_at"] = now
-    elif status == OutboxStatus.PENDING:
-        values["next_attempt_at"] = retry_at
-    with transaction(factory) as session:
-        # Only a row still ours to settle: a bounce may already have marked it failed while
-        # we were talking to the relay, and that verdict must stand.
-        result = session.execute(update(Outbox).where(
-            Outbox.id == row.id, Outbox.status == OutboxStatus.PENDING).values(**values))
-        if not result.rowcount:  # type: ignore[attr-defined]
-            return OutboxStatus.FAILED, None
-        if status != OutboxStatus.PENDING:
-            session.add(Event(at=now, kind=f"outbox.{status}", ticket_id=row.ticket_id,
-                              outbox_id=row.id, detail={"error": error} if error else {}))
-        ref = session.execute(select(Ticket.ref).where(Ticket.id == row.ticket_id)
-                              ).scalar_one_or_none() if row.ticket_id else None
-    # One line per row settled: sent, retrying ("pending", with the next try), failed.
-    event(log, {OutboxStatus.SENT: "outbox sent", OutboxStatus.PENDING: "outbox will retry",
-                OutboxStatus.FAILED: "outbox failed for good"}[status],
-          level={OutboxStatus.SENT: logging.INFO, OutboxStatus.PENDING: logging.WARNING,
-                 OutboxStatus.FAILED: logging.ERROR}[status],
-          outbox=row.id, ticket=ref, kind=row.kind, outcome=str(status),
-          to=row.recipients, attempts=row.attempts + 1, error=error or None)
-    return status, retry_at if down else None
+    return _Sent(row, status, error, now, now + backoff(settings, row.attempts + 1), down)
+
+
+def _settle(factory: sessionmaker[Session], done: list[_Sent]) -> list[OutboxStatus]:
+    """Records the outcomes of several sends in one transaction; returns each row's new
+    status."""
+    statuses: list[OutboxStatus] = []
+    events: list[dict[str, Any]] = []
+    with core_transaction(factory) as conn:
+        for d in done:
+            values: dict[str, object] = {"status": d.status, "lease_until": None,
+                                         "attempts": Outbox.attempts + 1,
+                                         "last_error": d.error}
+            if d.status == OutboxStatus.SENT:
+                values["sent_at"] = d.at
+            elif d.status == OutboxStatus.PENDING:
+                values["next_attempt_at"] = d.retry_at
+            # Only a row still ours to settle: a bounce may already have marked it failed
+            # while we were talking to the relay, and that verdict must stand.
+            result = conn.execute(update(Outbox).where(
+                Outbox.id == d.row.id, Outbox.status == OutboxStatus.PENDING).values(**values))
+            if not result.rowcount:
+                statuses.append(OutboxStatus.FAILED)
+                continue
+            statuses.append(d.status)
+            if d.status != OutboxStatus.PENDING:
+                events.append({"at": d.at, "kind": f"outbox.{d.status}",
+                               "ticket_id": d.row.ticket_id, "inbound_id": None,
+                               "outbox_id": d.row.id,
+                               "detail": {"error": d.error} if d.error else {}})
+        if events:
+            conn.execute(insert(Event), events)
+        # The tickets' references for the log lines: one look for all, not one a row.
+        ids = {d.row.ticket_id for d in done if d.row.ticket_id}
+        refs = dict(conn.execute(select(Ticket.id, Ticket.ref).where(
+            Ticket.id.in_(ids))).tuples().all()) if ids else {}
+    for d, status in zip(done, statuses, strict=True):
+        if status != d.status:
+            continue  # settled meanwhile by a bounce: that verdict stands, no line of ours
+        # One line per row settled: sent, retrying ("pending", with the next try), failed.
+        event(log, {OutboxStatus.SENT: "outbox sent", OutboxStatus.PENDING: "outbox will retry",
+                    OutboxStatus.FAILED: "outbox failed for good"}[status],
+              level={OutboxStatus.SENT: logging.INFO, OutboxStatus.PENDING: logging.WARNING,
+                     OutboxStatus.FAILED: logging.ERROR}[status],
+              outbox=d.row.id, ticket=refs.get(d.row.ticket_id) if d.row.ticket_id else None,
+              kind=d.row.kind, outcome=str(status), to=d.row.recipients,
+              attempts=d.row.attempts + 1, error=d.error or None)
+    return statuses
 
 
 def retry(session: Session, clock: Clock, outbox_id: int | None = None) -> int:
