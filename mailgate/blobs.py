@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import AttachmentSettings
+from mailgate.db import dbapi
 from mailgate.db.models import Blob
 
 
@@ -47,11 +49,24 @@ def put(session: Session, settings: AttachmentSettings, data: bytes) -> str:
         blob = Blob(sha256=digest, size=len(data), location="directory", data=None)
     else:
         blob = Blob(sha256=digest, size=len(data), location="database", data=data)
+    # A big attachment on SQLite goes in as zeroblob(n), then is written in pieces: a bound
+    # copy would stay in the statement cache (db/dbapi.py).
+    conn = session.connection().connection.driver_connection
+    piecewise = (blob.data is not None and isinstance(conn, sqlite3.Connection)
+                 and dbapi.streams("sqlite", data))
+    if piecewise:
+        blob.data = func.zeroblob(len(data))
     if existing is not None:  # purged (or its file lost): the same bytes arrived again
         existing.location, existing.data, existing.size = blob.location, blob.data, blob.size
     else:
         session.add(blob)
     session.flush()
+    if piecewise:
+        assert isinstance(conn, sqlite3.Connection)
+        rowid: int = session.execute(select(literal_column("rowid")).select_from(Blob)
+                                     .where(Blob.sha256 == digest)).scalar_one()
+        dbapi.write_blob(conn, "blob", "data", rowid, data)
+        session.expire(existing if existing is not None else blob, ["data"])
     return digest
 
 

@@ -165,6 +165,7 @@ def serve(ctx: click.Context) -> None:
     from mailgate.db.engine import is_unavailable
 
     app = _app(ctx)
+    unmap_big_buffers()
     with _storage("storage unavailable at start"):
         try:
             asyncio.run(Daemon(app).run())
@@ -172,6 +173,31 @@ def serve(ctx: click.Context) -> None:
             if is_unavailable(exc):
                 raise
             raise Fail(f"cannot start: {exc}", EX_CONFIG if exc.errno else EX_TEMPFAIL) from exc
+
+
+# glibc's M_MMAP_THRESHOLD (malloc.h).
+_M_MMAP_THRESHOLD = -3
+BIG_BUFFER = 1 << 20
+
+
+def unmap_big_buffers() -> bool:
+    """Allocations of BIG_BUFFER and more get pages of their own, given back when freed.
+
+    glibc does so from 128 KiB at first, but raises the threshold to the size of each such
+    block freed (up to 32 MiB): after one big mail, the next one's buffers (SMTP data,
+    store, load, parse, attachments) come from the heap, which keeps what it got, so each
+    step of a mail's way adds to the daemon's peak instead of reusing the last one's memory
+    (bench/memory.py). Fixed, the peak is that of the largest step. False where the C
+    library is not glibc (nothing changed)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, BIG_BUFFER))
+    except (OSError, AttributeError):
+        return False
 
 
 @cli.command()

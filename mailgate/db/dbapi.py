@@ -105,6 +105,26 @@ def write(plain: Plain) -> Iterator[Any]:
         yield cur
 
 
+# A big value is inserted into SQLite as zeroblob(n) and then written through the incremental
+# blob API in pieces: bound as a parameter, Python's sqlite3 copies it into the prepared
+# statement, which keeps that copy in its cache until the statement runs again (a 20 MB mail
+# held for as long as no other mail came).
+STREAM_ABOVE = 256 * 1024
+_PIECE = 1 << 20
+
+
+def streams(dialect: str, value: bytes) -> bool:
+    return dialect == "sqlite" and len(value) > STREAM_ABOVE
+
+
+def write_blob(conn: sqlite3.Connection, table: str, column: str, rowid: int,
+               value: bytes) -> None:
+    """Writes `value` into that row's zeroblob, a piece at a time, in the open transaction."""
+    with conn.blobopen(table, column, rowid) as blob, memoryview(value) as view:
+        for at in range(0, len(value), _PIECE):
+            blob.write(view[at:at + _PIECE])
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True for DB-API errors that mean "try again later" (database down, locked, not
     reachable, no schema yet) rather than "this mail is bad"."""

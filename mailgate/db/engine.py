@@ -68,6 +68,24 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def read_bytes(session: Session, table: str, column: str, row_id: int) -> bytes:
+    """One BLOB / bytea value of row `row_id`, in the session's transaction, with one copy
+    in memory: SQLite's incremental blob API (a plain SELECT holds the value twice: SQLite's
+    buffer and the bytes), psycopg's binary results (bytea as text is hex: twice the size,
+    then decoded)."""
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    if isinstance(driver, sqlite3.Connection):
+        with driver.blobopen(table, column, row_id, readonly=True) as blob:
+            return blob.read()
+    with driver.cursor(binary=True) as cur:  # psycopg 3
+        cur.execute(f'SELECT "{column}" FROM "{table}" WHERE id = %s', [row_id])
+        found = cur.fetchone()
+    if found is None:
+        raise LookupError(f"{table} {row_id}")
+    return bytes(found[0])
+
+
 @contextmanager
 def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session for reads only: on SQLite it does not take the write lock."""

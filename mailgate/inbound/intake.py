@@ -111,6 +111,8 @@ class IntakeWriter:
                         break
                     batch.append(item)
                 self._commit(batch)  # type: ignore[arg-type]
+                # Not kept while waiting for the next mail: the last batch's raw bytes.
+                first = item = batch = None  # type: ignore[assignment]
         finally:
             self._release()
 
@@ -197,20 +199,30 @@ class IntakeWriter:
         mark = plain.mark
         # psycopg: the raw bytes as a binary parameter, sent as they are (text would hex them).
         raw_mark = "%b" if plain.dialect == "postgresql" else mark
-        one = "(" + ", ".join(raw_mark if c == "raw" else mark for c in _COLUMNS) + ", '[]')"
+        # A big mail on SQLite goes in as zeroblob(n) and is written in pieces below: bound,
+        # its copy would stay in the statement cache until the next batch (db/dbapi.py).
+        big = [dbapi.streams(plain.dialect, r["raw"]) for r in rows]
+        one, one_big = ("(" + ", ".join((f"zeroblob({mark})" if streamed else raw_mark)
+                                        if c == "raw" else mark for c in _COLUMNS) + ", '[]')"
+                        for streamed in (False, True))
         sql = (f"INSERT INTO inbound ({', '.join(_COLUMNS)}, trail) VALUES "
-               + ", ".join([one] * len(rows))
+               + ", ".join(one_big if streamed else one for streamed in big)
                # A mail stored before (or meanwhile, by another instance or `deliver`) is a
                # duplicate, found by the look-up below, never an error.
                + " ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id")
         # One time for the whole batch (inbound_row gave every row the same `now`):
         # formatting it is the dearest part of a row's values on SQLite.
         stamp = plain.timestamp(rows[0]["received_at"])
-        params = [stamp if c == "received_at" else values[c]
-                  for values in rows for c in _COLUMNS]
+        params = [stamp if c == "received_at" else len(values[c]) if c == "raw" and streamed
+                  else values[c] for values, streamed in zip(rows, big, strict=True)
+                  for c in _COLUMNS]
         with dbapi.write(plain) as cur:
             cur.execute(sql, params)
             new: dict[str, int] = {k: i for k, i in cur.fetchall()}
+            for values, streamed in zip(rows, big, strict=True):
+                if streamed and values["dedup_key"] in new:
+                    dbapi.write_blob(plain.conn, "inbound", "raw", new[values["dedup_key"]],
+                                     values["raw"])
             known: dict[str, int] = {}
             missing = [r["dedup_key"] for r in rows if r["dedup_key"] not in new]
             if missing:
