@@ -42,7 +42,6 @@ BOX = ("From: =?utf-8?Q?Ren=C3=A9e?= <renee@site.example>\r\n"
        "filename*=iso-8859-1''Bestellbest%E4tigung.pdf\r\n\r\n%PDF-\r\n--XX--\r\n")
 
 
-
 def test_agreement_rates_are_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "mail001.yml").write_text(YML, encoding="utf-8")
     (tmp_path / "mail001.box").write_text(BOX, encoding="utf-8")

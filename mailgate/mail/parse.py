@@ -236,14 +236,31 @@ class Charsets:
     is too little for it); else windows-1252.
     """
 
-    def __init__(self, declared: tuple[str, ...] = (), sample: bytes = b"") -> None:
-        self.declared = declared
-        self._sample = sample
+    def __init__(self, msg: Message | None = None) -> None:
+        # Read from the message the first time a value needs them: most mail has no raw
+        # 8-bit header at all, and then the walk is not worth its time.
+        self._msg = msg
+        self._read: tuple[tuple[str, ...], bytes] | None = None if msg is not None else ((), b"")
         self._detected: str | bool | None = False   # False: not looked for yet
+
+    def _declared_and_sample(self) -> tuple[tuple[str, ...], bytes]:
+        if self._read is None:
+            assert self._msg is not None
+            self._read = _declared_charsets(self._msg)
+        return self._read
+
+    @property
+    def declared(self) -> tuple[str, ...]:
+        return self._declared_and_sample()[0]
+
+    def freeze(self) -> None:
+        """Read the message now, before the body parts get the charsets that read them."""
+        self._declared_and_sample()
 
     def detected(self) -> str | None:
         if self._detected is False:
-            self._detected = detect_charset(self._sample) if self._sample else None
+            sample = self._declared_and_sample()[1]
+            self._detected = detect_charset(sample) if sample else None
         return self._detected if isinstance(self._detected, str) else None
 
     def text(self, data: bytes) -> str:
@@ -264,7 +281,7 @@ _PLAIN = Charsets()
 _CHARSET_PARAM = re.compile(rb"charset\s*=\s*\"?([A-Za-z0-9._:+-]+)", re.IGNORECASE)
 
 
-def message_charsets(msg: Message) -> Charsets:
+def _declared_charsets(msg: Message) -> tuple[tuple[str, ...], bytes]:
     """The charsets this message declares (parts first, then encoded words), and the sample
     of its 8-bit header bytes for the detector."""
     declared: dict[str, None] = {}
@@ -288,7 +305,7 @@ def message_charsets(msg: Message) -> Charsets:
         if isinstance(payload, list):
             parts.extend(p for p in payload if isinstance(p, Message))
     declared.pop("utf-8", None)
-    return Charsets(tuple(declared), bytes(sample[:20000]))
+    return tuple(declared), bytes(sample[:20000])
 
 
 def _as_bytes(value: object) -> bytes:
@@ -738,6 +755,10 @@ def _fix_body_charsets(msg: Message, charsets: Charsets) -> None:
         if part.get_content_maintype() != "text":
             continue
         declared = part.get_content_charset()
+        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if cte not in ("base64", "quoted-printable") and isinstance(payload, str) \
+                and payload.isascii():
+            continue   # 7-bit text: every charset mail uses reads it alike
         try:
             data = part.get_payload(decode=True)
         except Exception:
@@ -746,6 +767,7 @@ def _fix_body_charsets(msg: Message, charsets: Charsets) -> None:
             continue
         codec = _codec(declared)
         if _strict(data, codec) is None:
+            charsets.freeze()   # what the mail itself declares, before we change any of it
             # The headers' charset when they have one, else the detector on the text itself.
             codec = next((c for c in ("utf-8", *charsets.declared, charsets.detected())
                           if c and _strict(data, c) is not None), None) \
@@ -788,8 +810,7 @@ def _mailparser(raw: bytes) -> tuple[mailparser.MailParser, Charsets]:
     bigparts.restore(msg, stashed)
     if msg.epilogue is None:
         msg.epilogue = ""  # mail-parser reads it when a boundary is missing
-    # What the message declares, read before the body parts get the charsets that read them.
-    charsets = message_charsets(msg)
+    charsets = Charsets(msg)
     if msg.keys():   # (a mail without header fields is refused as such in parse())
         _fix_body_charsets(msg, charsets)
     return mailparser.MailParser(msg), charsets
