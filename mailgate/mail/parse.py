@@ -43,6 +43,7 @@ import binascii
 import codecs
 import email
 import email.header
+import itertools
 import mimetypes
 import quopri
 import re
@@ -668,6 +669,7 @@ _CONTENT_TYPE = re.compile(rb"content-type[ \t]*:[ \t]*([A-Za-z0-9!#$&^_.+-]+/"
 
 
 _CUT_TYPE = b"application/x-mailgate-too-deep"
+_NESTING = re.compile(rb"(?i)boundary\s*=|message/")
 
 
 def cut_deep_nesting(raw: bytes, limit: int = MAX_DEPTH) -> bytes:
@@ -789,7 +791,9 @@ def _message(raw: bytes) -> tuple[mailparser.MailParser, Charsets]:
     raw = repair_unfolded_headers(re.sub(rb"\A(?:[ \t]*\r?\n)+", b"", raw))
     # Python's parser recurses per level and takes seconds before it runs out of stack on
     # 1,000 levels: a mail that could be that deep is cut first (a no-op when it is not).
-    if len(re.findall(rb"(?i)boundary\s*=|message/", raw[:5_000_000])) > MAX_DEPTH:
+    # (counted in place, without a copy of a big mail, and only as far as needed)
+    if sum(1 for _ in itertools.islice(_NESTING.finditer(raw, 0, 5_000_000),
+                                       MAX_DEPTH + 1)) > MAX_DEPTH:
         raw = cut_deep_nesting(raw)
     try:
         try:
