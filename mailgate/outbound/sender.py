@@ -307,7 +307,7 @@ def _settle(factory: sessionmaker[Session], done: list[_Sent]) -> list[OutboxSta
         # The tickets' references for the log lines: one look for all, not one a row.
         ids = {d.row.ticket_id for d in done if d.row.ticket_id}
         refs = dict(conn.execute(select(Ticket.id, Ticket.ref).where(
-            Ticket.id.in_(ids))).tuples().all()) if ids else {}
+            Ticket.id.in_(ids))).all()) if ids else {}
     for d, status in zip(done, statuses, strict=True):
         if status != d.status:
             continue  # settled meanwhile by a bounce: that verdict stands, no line of ours
