@@ -378,10 +378,11 @@ class ImapPoller:
                 for uid in chunk:
                     if self._stop.is_set():
                         break
-                    raw = fetched.get(uid, {}).get(b"BODY[]")
-                    if raw is None:
+                    # Popped, not read: a big mail is not held here while it is processed.
+                    entry = fetched.pop(uid, {})
+                    if b"BODY[]" not in entry:
                         continue  # expunged by someone else since the search
-                    taken = self._take(uid, bytes(raw))
+                    taken = self._take(uid, bytes(entry.pop(b"BODY[]")))
                     if taken.destination:
                         targets.setdefault(taken.destination, []).append(uid)
             finally:
@@ -398,6 +399,7 @@ class ImapPoller:
     def _take(self, uid: int, raw: bytes) -> Taken:
         """Store-first, then process: the move that follows depends on the outcome."""
         stored = self.store(raw, self.channel)
+        del raw  # committed: the worker reads its own copy
         status = self.settle(stored.inbound_id, self._stop.is_set)
         if stored.duplicate:
             log.info("imap account %r: uid %s is inbound %s, stored before (%s); moving it on",

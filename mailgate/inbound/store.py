@@ -8,14 +8,15 @@ values are made in :mod:`mailgate.inbound.arrival`, which `mailgate deliver` sha
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.clock import Clock
-from mailgate.db import writelock
+from mailgate.db import dbapi, writelock
 from mailgate.db.engine import StorageUnavailable, core_transaction, is_unavailable
 from mailgate.db.models import Inbound
 from mailgate.inbound.arrival import (
@@ -38,6 +39,8 @@ __all__ = ["TRACE_HEADERS", "Arrival", "Stored", "content_digest", "dedup_key",
 _EXISTING = select(Inbound.dedup_key, Inbound.id).where(
     Inbound.dedup_key.in_(bindparam("keys", expanding=True)))
 _INSERT = insert(Inbound).returning(Inbound.id, sort_by_parameter_order=True)
+_INSERT_EMPTY = insert(Inbound).values(raw=func.zeroblob(bindparam("raw_size"))).returning(
+    Inbound.id)
 
 
 def store_many(factory: sessionmaker[Session], clock: Clock,
@@ -75,12 +78,23 @@ def _insert_new(factory: sessionmaker[Session],
         for values in rows:
             if values["dedup_key"] not in known:
                 fresh.setdefault(values["dedup_key"], values)  # twice in one batch: once
-        if fresh:
+        new: dict[str, int] = {}
+        sqlite = conn.dialect.name == "sqlite"
+        big = {k: v for k, v in fresh.items() if sqlite and dbapi.streams("sqlite", v["raw"])}
+        small = [v for k, v in fresh.items() if k not in big]
+        if small:
             # One multi-row INSERT ... RETURNING for the whole batch, ids in order.
-            ids = conn.execute(_INSERT, list(fresh.values())).scalars().all()
-            new = dict(zip(fresh, ids, strict=True))
-        else:
-            new = {}
+            ids = conn.execute(_INSERT, small).scalars().all()
+            new.update(zip((v["dedup_key"] for v in small), ids, strict=True))
+        for key, values in big.items():
+            # zeroblob(n), then the bytes in pieces: a bound copy would stay in the
+            # statement cache (db/dbapi.py).
+            params = {k: v for k, v in values.items() if k != "raw"}
+            new[key] = conn.execute(_INSERT_EMPTY, {**params, "raw_size": len(values["raw"])}
+                                    ).scalar_one()
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            dbapi.write_blob(driver, "inbound", "raw", new[key], values["raw"])
     return known, new
 
 
