@@ -19,7 +19,9 @@ SQLite file, or a private PostgreSQL schema from ``tests/support/pgschema.py``):
    this process. The same load; every mail is from the registered editor, so each makes one
    ticket and one acknowledgement. ``--rounds`` rounds (default 3), each on a fresh daemon
    and database, alternating with bare rounds (bare, mailgate, bare, …, bare: other load on
-   the machine moves both alike); only the last round waits for the drain.
+   the machine moves both alike); only the last round waits for the drain. Each burst
+   starts once the server idles: the daemon builds its language detector after READY=1
+   (1–2 s of one core, much of it holding the GIL), which is start-up, not acceptance.
 3. **mailgate paced**: ``--paced-messages`` mails at ``--rate`` mails/s overall (mail i is
    sent at start + i/rate).
 

@@ -168,6 +168,53 @@ def test_an_outage_fails_the_whole_batch_without_retrying_mail_by_mail(
     assert _stored(app) == []
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_in_the_event_loop_a_free_sqlite_is_written_at_once(
+        app: App, writer: IntakeWriter) -> None:
+    """The SMTP loop commits a turn's mails itself when the write lock is free: the writer
+    thread is not even started here."""
+    arrivals = _arrivals(3)
+
+    async def submit_all() -> list[Stored]:
+        futures = [writer.submit(a) for a in arrivals]
+        assert not any(f.done() for f in futures), "not before the commit"
+        await asyncio.sleep(0.05)
+        return [f.result(0) for f in futures]
+
+    results = asyncio.run(submit_all())
+    assert writer.committed == 1
+    assert [r.raw for r in _stored(app)] == [a.raw for a in arrivals]
+    assert [r.id for r in _stored(app)] == [s.inbound_id for s in results]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_in_the_event_loop_a_locked_sqlite_is_left_to_the_thread(
+        app: App, writer: IntakeWriter) -> None:
+    """Another writer holds SQLite: the loop does not wait, the thread does, and the mails
+    are answered only once it committed them."""
+    blocker = sqlite3.connect(app.settings.database.url.split("///", 1)[1],
+                              isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    arrivals = _arrivals(2)
+    writer.start()
+
+    async def submit_all() -> list[Stored]:
+        futures = [writer.submit(a) for a in arrivals]
+        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.3)
+        assert asyncio.get_running_loop().time() - started < 1, "the loop never waited"
+        assert not any(f.done() for f in futures), "no answer before the commit"
+        blocker.execute("COMMIT")
+        return [await asyncio.wrap_future(f) for f in futures]
+
+    try:
+        results = asyncio.run(asyncio.wait_for(submit_all(), 15))
+    finally:
+        blocker.close()
+    assert [r.raw for r in _stored(app)] == [a.raw for a in arrivals]
+    assert [r.id for r in _stored(app)] == [s.inbound_id for s in results]
+
+
 def _outcome(future: Future[Stored]) -> Stored | BaseException:
     try:
         return future.result(15)

@@ -323,7 +323,9 @@ def _long_line_mail(length: int) -> bytes:
             b"\r\n"
             b"Fout 500 op https://www.site1234.example.be/contact, log hieronder:\r\n"
             + line + b"\r\n"
-            b".punt aan het begin\r\n")
+            b".punt aan het begin\r\n"
+            b".\r\n"  # a lone dot inside the mail: sent as "..", stored as it was
+            b"..twee\r\n")
 
 
 def test_lines_longer_than_1000_bytes_are_stored_as_they_came(
