@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer
 
@@ -47,10 +48,22 @@ def pending_ids(app: App, limit: int) -> list[int]:
             .order_by(Inbound.id).limit(limit)).scalars())
 
 
+def _hold(session: Session) -> None:
+    """Keeps every object the session adds or loads until the session ends. The identity
+    map holds clean objects weakly: a ticket written by a handler would otherwise be gone
+    by the time the worker reads its reference, and be selected again."""
+    held: list[object] = session.info.setdefault("held", [])
+    if not held:
+        held.append(session)  # marks the listeners as set for this session
+        sa_event.listen(session, "after_attach", lambda _s, obj: held.append(obj))
+        sa_event.listen(session, "loaded_as_persistent", lambda _s, obj: held.append(obj))
+
+
 def _process(session: Session, app: App, desk: Desk, inbound_id: int
              ) -> tuple[InboundStatus, dict[str, Any]] | None:
     """Processes one pending row inside the caller's transaction: its new status and its log
     line, or None if another worker has it."""
+    _hold(session)
     row = session.execute(
         select(Inbound).options(defer(Inbound.raw))
         .where(Inbound.id == inbound_id, Inbound.status == InboundStatus.PENDING)

@@ -27,7 +27,7 @@ import hashlib
 import re
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from mailgate.db.models import AutoAnswer, BouncingAddress, Event, Message
@@ -56,18 +56,15 @@ def allow(session: Session, address: str, kind: str, now: datetime, per_hour: in
           inbound_id: int | None, ticket_id: int | None = None, *, digest: str = "") -> bool:
     """True if this automatic mail may go; records it either way."""
     since = now - WINDOW
-    sent = session.execute(
-        select(func.count()).select_from(AutoAnswer).where(
-            AutoAnswer.address == address, AutoAnswer.at > since,
-            AutoAnswer.suppressed.is_(False))).scalar_one()
+    # Both counts in one look: all answers to the address this hour, and those to this text.
+    sent, same = session.execute(
+        select(func.count(),
+               func.coalesce(func.sum(case((AutoAnswer.digest == digest, 1), else_=0)), 0))
+        .where(AutoAnswer.address == address, AutoAnswer.at > since,
+               AutoAnswer.suppressed.is_(False))).one()
     reason = f"{per_hour} automatic mails an hour reached" if sent >= per_hour else ""
-    if not reason and digest:
-        same = session.execute(
-            select(func.count()).select_from(AutoAnswer).where(
-                AutoAnswer.address == address, AutoAnswer.at > since,
-                AutoAnswer.digest == digest, AutoAnswer.suppressed.is_(False))).scalar_one()
-        if same >= SAME_TEXT_PER_HOUR:
-            reason = f"the same text answered {same} times this hour (a loop)"
+    if not reason and digest and same >= SAME_TEXT_PER_HOUR:
+        reason = f"the same text answered {same} times this hour (a loop)"
     session.add(AutoAnswer(address=address, at=now, kind=kind, suppressed=bool(reason),
                            inbound_id=inbound_id, digest=digest))
     if reason:

@@ -58,23 +58,27 @@ def recipients(session: Session, desk: Desk, exclude: set[str],
     return tuple(a for a in addrs if a.lower() not in exclude)
 
 
-def _thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...]]:
+def _agent_mails(session: Session, ticket: Ticket) -> list[tuple[str, datetime]]:
+    """(Message-ID, written at) of the agents' mails of a ticket, in order: one look serves
+    the thread and the out-of-office replies since the last notice."""
+    return [(mid, at) for mid, at in session.execute(
+        select(Outbox.message_id, Outbox.created_at)
+        .where(Outbox.ticket_id == ticket.id, Outbox.kind.in_(AGENT_KINDS))
+        .order_by(Outbox.id)).all()]
+
+
+def _thread(mails: list[tuple[str, datetime]]) -> tuple[str, tuple[str, ...]]:
     """In-Reply-To and References that keep the agents' mails of a ticket one thread."""
-    ids = list(session.execute(
-        select(Outbox.message_id).where(Outbox.ticket_id == ticket.id,
-                                        Outbox.kind.in_(AGENT_KINDS))
-        .order_by(Outbox.id)).scalars())
+    ids = [mid for mid, _at in mails]
     if not ids:
         return "", ()
     return ids[-1], tuple(dict.fromkeys((ids[0], *ids[-9:])))
 
 
-def _since_last_notice(session: Session, ticket: Ticket) -> list[AutoReplySeen]:
+def _since_last_notice(session: Session, ticket: Ticket,
+                       mails: list[tuple[str, datetime]]) -> list[AutoReplySeen]:
     """Out-of-office replies that came in after the agents last heard of this ticket."""
-    last = session.execute(
-        select(Outbox.created_at).where(Outbox.ticket_id == ticket.id,
-                                        Outbox.kind.in_(AGENT_KINDS))
-        .order_by(Outbox.id.desc()).limit(1)).scalar_one_or_none()
+    last = mails[-1][1] if mails else None
     stmt = select(Message).where(Message.ticket_id == ticket.id, Message.kind == "auto-reply")
     if last is not None:
         stmt = stmt.where(Message.created_at >= last)
@@ -85,10 +89,12 @@ def _since_last_notice(session: Session, ticket: Ticket) -> list[AutoReplySeen]:
 
 def send_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, to: tuple[str, ...],
           body: str, now: datetime, inbound: Inbound | None,
-          attachments: tuple[OutAttachment, ...] = (), subject: str = "") -> None:
+          attachments: tuple[OutAttachment, ...] = (), subject: str = "",
+          mails: list[tuple[str, datetime]] | None = None) -> None:
+    """``mails``: the ticket's agent mails so far, when the caller has just read them."""
     s = desk.settings
     ref = TicketRef(s.desk.ticket_prefix, ticket.number)
-    in_reply_to, refs = _thread(session, ticket)
+    in_reply_to, refs = _thread(mails if mails is not None else _agent_mails(session, ticket))
     out = Outgoing(
         from_name=s.desk.name, from_addr=s.desk.address, to=to,
         subject=subject or f"{ref.tag} {ticket.subject}", body=body,
@@ -111,21 +117,23 @@ def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: dateti
         return False
     s = desk.settings
     site = session.get(Site, ticket.site_id) if ticket.site_id else None
-    editor = session.execute(
-        select(Editor).where(Editor.email == ticket.requester)).scalar_one_or_none()
+    # The phone the request gave, else the one registered for its editor.
+    phone = ticket.phone or session.execute(
+        select(Editor.phone).where(Editor.email == ticket.requester)).scalar_one_or_none() or ""
     missing = list(ticket.missing or [])
     due = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
     files = attach(mail.attachments if mail else (), s.attachments.max_size)
+    mails = _agent_mails(session, ticket)
     seen = [AutoReplySeen(a.sender, a.at.astimezone(s.tz), a.text)
-            for a in _since_last_notice(session, ticket)]
+            for a in _since_last_notice(session, ticket, mails)]
     _lang, body = desk.renderer.render(
         "notify", s.desk.default_language, event=event, ref=ticket.ref, desk=s.desk,
         ticket=ticket, site_name=site.name if site else "",
-        phone=ticket.phone or (editor.phone if editor else ""), due=due, missing=missing,
+        phone=phone, due=due, missing=missing,
         text=text.strip(),
         attachments=[f.filename for f in files], auto_replies=seen, bounce=bounce,
         assigned_by=assigned_by, marker=MARKER, urgent=urgent)
-    send_to_agents(session, desk, ticket, "notify", to, body, now, inbound, files)
+    send_to_agents(session, desk, ticket, "notify", to, body, now, inbound, files, mails=mails)
     return True
 
 
