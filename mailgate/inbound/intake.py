@@ -248,6 +248,11 @@ class IntakeWriter:
             self.rolled_back += 1
             raise
         self.committed += 1
+        if plain.dialect == "postgresql" and any(
+                len(v["raw"]) > dbapi.STREAM_ABOVE for v in fresh.values()):
+            # libpq keeps its send buffer at the size of the largest message it sent: a big
+            # mail's copy would stay with this connection. A new one for the next batch.
+            self._release(invalidate=True)
         return rows, resolve(rows, known, new)
 
     def _insert(self, plain: dbapi.Plain,
