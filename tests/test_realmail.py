@@ -65,3 +65,46 @@ def test_agreement_rates_are_printed(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_an_empty_directory_is_a_usage_error(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 66
+
+
+FAX = (b"To: desk@desk.example\r\nSubject: Failed Mail\r\nFrom: Fax fax@gw.example\r\n"
+       b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=F\r\n\r\n--F\r\n"
+       b"Content-Disposition: attachment; filename=fax_1.pdf\r\n"
+       b"Content-Type: application/pdf\r\n\r\n%PDF-\r\n--F\r\n\r\n"
+       b"Neues Fax empfangen.\r\n--F--\r\n")
+
+
+def test_what_zammad_keeps_elsewhere_is_counted_fairly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Zammad keeps a From it cannot split whole (``Fax fax@gw.example``) and files the text
+    after an attachment as a part named "file" with "no visible content" as the body; we read
+    the address and take the text as the message. A fixture without any From states nothing."""
+    (tmp_path / "fax.box").write_bytes(FAX)
+    (tmp_path / "fax.yml").write_text(
+        "from: Fax fax@gw.example\nfrom_email: Fax fax@gw.example\nsubject: Failed Mail\n"
+        "body: no visible content\nattachments:\n- data: x\n  filename: fax_1.pdf\n"
+        "- data: y\n  filename: file\n", encoding="utf-8")
+    (tmp_path / "nofrom.box").write_bytes(b"From: a@site.example\r\nSubject: hi\r\n\r\nx\r\n")
+    (tmp_path / "nofrom.yml").write_text("subject: hi\n", encoding="utf-8")
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "From agrees:             100.0% (1/1)" in out          # nofrom.yml not counted
+    assert "attachment names agree:  100.0% (2/2)" in out
+
+
+def test_a_lost_text_part_and_a_stranger_address_are_still_differences(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Our body holds text, but the fixture's body shows text too: "file" is a part we lack.
+    (tmp_path / "fax.box").write_bytes(FAX)
+    (tmp_path / "fax.yml").write_text(
+        "from_email: fax@gw.example\nsubject: Failed Mail\nbody: Neues Fax\nattachments:\n"
+        "- data: y\n  filename: file\n", encoding="utf-8")
+    # A quoted name before a bare address: a word cut from it is no expectation to meet.
+    (tmp_path / "pq.box").write_bytes(
+        b'From: "PQ" power quadrant system@example.com\r\nSubject: s\r\n\r\nx\r\n')
+    (tmp_path / "pq.yml").write_text(
+        "from: '\"PQ\" power quadrant system@example.com'\nsubject: s\n", encoding="utf-8")
+    assert main([str(tmp_path), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "attachment names agree:  0.0% (0/1)" in out
+    assert "From agrees:             100.0% (2/2)" in out

@@ -481,6 +481,9 @@ class _Walk:
     delivery_status: list[dict[str, str]] = field(default_factory=list)
     returned_headers: dict[str, str] = field(default_factory=dict)
     too_deep: bool = False
+    # Body text parts in document order, each with the multipart/alternative it is one
+    # choice of (its id and which branch), or None when it stands on its own in the mail.
+    body_parts: list[tuple[tuple[int, int] | None, str, Message]] = field(default_factory=list)
 
 
 def _part_bytes(part: Message) -> bytes:
@@ -554,9 +557,9 @@ def _enclosed_name(inner: Message | None, filename: str) -> str:
 
 def _walk(msg: Message, charsets: Charsets = _PLAIN) -> _Walk:
     out = _Walk()
-    stack: list[tuple[Message, int]] = [(msg, 0)]
+    stack: list[tuple[Message, int, tuple[int, int] | None]] = [(msg, 0, None)]
     while stack:
-        part, depth = stack.pop()
+        part, depth, choice = stack.pop()
         if depth > MAX_DEPTH:
             out.too_deep = True   # not read; the raw mail keeps it
             continue
@@ -569,7 +572,10 @@ def _walk(msg: Message, charsets: Charsets = _PLAIN) -> _Walk:
             if ctype == "multipart/report" and not out.report_type:
                 out.report_type = str(part.get_param("report-type") or "").lower().strip()
             if isinstance(payload, list):
-                stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, Message))
+                children = [p for p in payload if isinstance(p, Message)]
+                alternative = ctype == "multipart/alternative"
+                stack.extend((p, depth + 1, (id(part), i) if alternative else choice)
+                             for i, p in reversed(list(enumerate(children))))
             else:  # no usable boundary: its words are the text, raw MIME lines and all
                 out.fallback_text.append(decode_bytes(_part_bytes(part), "utf-8"))
             continue
@@ -597,6 +603,7 @@ def _walk(msg: Message, charsets: Charsets = _PLAIN) -> _Walk:
         filename = _filename(part, charsets)
         disposition = (part.get_content_disposition() or "").lower()
         if ctype in _BODY_TYPES and not filename and disposition != "attachment":
+            out.body_parts.append((choice, ctype, part))
             continue  # body text: mail-parser decodes it
         data = _part_bytes(part)
         if ctype.startswith("text/") and not filename and disposition != "attachment":
@@ -860,9 +867,48 @@ def _uuencoded_files(text: str) -> tuple[str, list[ParsedAttachment]]:
     return _UUENCODED.sub(take, text), found
 
 
+def _text_of(part: Message, ctype: str) -> str:
+    text = decode_bytes(_part_bytes(part), part.get_content_charset())
+    return html_to_text(text) if ctype == "text/html" else text
+
+
+def _sequence_text(walk: _Walk) -> str | None:
+    """The body when the mail's text is several parts in a row, not one choice among
+    alternatives: an HTML part beside a plain one in multipart/mixed (a text mail with an
+    HTML signature, an HTML message with a text footer). Every such part is the message;
+    of each multipart/alternative only one branch is (the plain one where there is one).
+    None when the mail is not of that kind, and the usual choice applies."""
+    parts = walk.body_parts
+    if not any(c is None and t == "text/html" for c, t, _ in parts) \
+            or not any(t == "text/plain" for _, t, _ in parts):
+        return None
+    branches: dict[int, dict[int, list[str]]] = {}
+    for choice, ctype, _ in parts:
+        if choice is not None:
+            branches.setdefault(choice[0], {}).setdefault(choice[1], []).append(ctype)
+    chosen: dict[int, int] = {}
+    for alt, by_branch in branches.items():
+        plain_only = [b for b, types in by_branch.items() if set(types) == {"text/plain"}]
+        with_plain = [b for b, types in by_branch.items() if "text/plain" in types]
+        chosen[alt] = (plain_only or with_plain or [max(by_branch)])[0]
+    pieces: list[str] = []
+    for choice, ctype, part in parts:
+        if choice is not None and chosen[choice[0]] != choice[1]:
+            continue
+        text = _text_of(part, ctype).strip("\r\n")
+        # A sender that put the plain and the HTML copy side by side in multipart/mixed
+        # (meaning alternatives) sends the same words twice: keep them once.
+        if text.strip() and (not pieces or " ".join(text.split()) != " ".join(pieces[-1].split())):
+            pieces.append(text)
+    return "\n".join(pieces)
+
+
 def _body_text(parsed: mailparser.MailParser, walk: _Walk) -> str:
     plain = "\n".join(t for t in parsed.text_plain if t and t.strip()).strip()
-    if plain:
+    sequence = _sequence_text(walk)
+    if sequence is not None:
+        text = sequence
+    elif plain:
         text = plain
     elif any(t and t.strip() for t in parsed.text_html):
         text = html_to_text("\n".join(parsed.text_html))

@@ -200,3 +200,69 @@ def test_non_utf8_bytes_in_every_header_parse_without_loss() -> None:
     assert m.header("organization") == "Société Générale"
     assert m.header("x-mailer") == "Messagerie Orange – version 5"
     assert m.message_id == ""   # 8-bit Message-IDs are dropped: they go back out in headers
+
+
+# --- body text in several parts in a row -------------------------------------------------------
+
+def _mixed(*parts: tuple[str, str]) -> bytes:
+    """A multipart/mixed mail whose parts are (Content-Type, body), in that order."""
+    out = ["From: Aline Roux <aline@shop.example>", "To: desk@desk.example",
+           "Subject: commande 5521", "MIME-Version: 1.0",
+           "Content-Type: multipart/mixed; boundary=B1", ""]
+    for ctype, body in parts:
+        out += ["--B1", f"Content-Type: {ctype}", "", body]
+    out += ["--B1--", ""]
+    return "\r\n".join(out).encode()
+
+
+ALTERNATIVE = ('multipart/alternative; boundary=B2',
+               "--B2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nLe colis est arrivé abîmé."
+               "\r\n--B2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+               "<p>Le colis est arrivé <b>abîmé</b>.</p>\r\n--B2--")
+
+
+@pytest.mark.parametrize(("parts", "text"), [
+    # A text mail with an HTML signature: both are the message.
+    ([("text/plain", "Merci de rembourser."),
+      ("text/html", "<html><body><h1>Aline Roux, Lyon</h1></body></html>")],
+     "Merci de rembourser.\nAline Roux, Lyon"),
+    # An HTML message with a text footer: the message was lost, only the footer was read.
+    ([("text/html", "<html><body><p>Le colis est <b>abîmé</b>.</p></body></html>"),
+      ("text/plain", "-- envoyé depuis mon mobile")],
+     "Le colis est abîmé.\n-- envoyé depuis mon mobile"),
+    # HTML, text, HTML in a row: all three, in order.
+    ([("text/html", "<p>Bonjour,</p>"), ("text/plain", "la facture jointe est fausse."),
+      ("text/html", "<p><i>Aline</i></p>")],
+     "Bonjour,\nla facture jointe est fausse.\nAline"),
+    # An alternative stays one choice (its plain branch), a footer after it is kept.
+    ([ALTERNATIVE, ("text/html; charset=utf-8", "<p>Pied de page légal</p>")],
+     "Le colis est arrivé abîmé.\nPied de page légal"),
+    # Plain and HTML copies of the same words side by side (meant as alternatives): once.
+    ([("text/plain", "Envoyé de mon iPhone"), ("text/html", "<div>Envoyé de mon iPhone</div>")],
+     "Envoyé de mon iPhone"),
+])
+def test_every_body_part_in_a_row_is_the_message(parts: list[tuple[str, str]],
+                                                  text: str) -> None:
+    raw = _mixed(*[(c if "charset" in c else f"{c}; charset=utf-8", b) for c, b in parts])
+    m = parse(raw)
+    assert m.text == text
+    assert m.attachments == ()   # nothing of it became a nameless attachment
+
+
+def test_an_alternative_alone_is_still_read_from_its_plain_branch() -> None:
+    m = parse(_mixed(ALTERNATIVE))
+    assert m.text == "Le colis est arrivé abîmé."
+
+
+def test_a_text_part_after_an_attachment_is_the_message() -> None:
+    """A fax gateway: a PDF first, then the text with no Content-Type of its own."""
+    raw = (b"From: Fax fax@gw.example\r\nSubject: Fax von +491234\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=F\r\n\r\n--F\r\n"
+           b"Content-Disposition: attachment; filename=fax_1234.pdf\r\n"
+           b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           b"JVBERi0=\r\n--F\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+           b"Sie haben ein neues Fax von +491234 f=C3=BCr 01234 empfangen.\r\n--F--\r\n")
+    m = parse(raw)
+    assert m.text == "Sie haben ein neues Fax von +491234 für 01234 empfangen."
+    assert [a.filename for a in m.attachments] == ["fax_1234.pdf"]
+    assert (m.from_addr, m.sender_header) == ("fax@gw.example", "from")
