@@ -42,8 +42,9 @@ Figures:
 - ``load``: ``os.getloadavg()`` before and after; other jobs move every figure.
 
 The daemon runs with the shipped defaults except its ports and
-``access.auto_replies_per_hour``, lifted above the number of mails (they all come from one
-editor; the loop brake would suppress all acknowledgements but the first five).
+``access.auto_replies_per_hour`` and ``access.acks_per_hour``, lifted above the number of
+mails (they all come from one editor; the loop brake would suppress the acknowledgements
+past its ceiling: 60 an hour for an editor).
 """
 
 from __future__ import annotations
@@ -389,6 +390,7 @@ relay_port = {relay_port}
 
 [access]
 auto_replies_per_hour = {messages + 100}
+acks_per_hour = {messages + 100}
 """, encoding="utf-8")
 
 
