@@ -486,6 +486,9 @@ class _Walk:
     body_parts: list[tuple[tuple[int, int] | None, str, Message]] = field(default_factory=list)
 
 
+_UU_CTES = ("x-uuencode", "uuencode", "uue", "x-uue")
+
+
 def _part_bytes(part: Message) -> bytes:
     payload = part.get_payload()
     if isinstance(payload, list):  # message/* parsed into parts: their bytes, as sent
@@ -493,6 +496,13 @@ def _part_bytes(part: Message) -> bytes:
     data: object = bigparts.decoded(part)  # a big base64 attachment: from the raw bytes
     if data is None:
         data = part.get_payload(decode=True)
+    if isinstance(data, bytes) and isinstance(payload, str) \
+            and str(part.get("Content-Transfer-Encoding", "")).strip().lower() in _UU_CTES \
+            and not re.search(r"^begin ", payload, re.MULTILINE):
+        # x-uuencode without the "begin" line (Mac mailers): Python hands the encoded text
+        # back as it is; the lines alone decode all the same.
+        decoded = _uudecode(re.sub(r"(?m)^end[ \t]*$", "", payload.strip()))
+        data = decoded if decoded is not None else data
     if isinstance(data, bytes):
         return data
     return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""

@@ -266,3 +266,22 @@ def test_a_text_part_after_an_attachment_is_the_message() -> None:
     assert m.text == "Sie haben ein neues Fax von +491234 für 01234 empfangen."
     assert [a.filename for a in m.attachments] == ["fax_1234.pdf"]
     assert (m.from_addr, m.sender_header) == ("fax@gw.example", "from")
+
+
+# --- x-uuencode parts -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoded", [
+    ",4F%P<&]R=\"!T97-T\n`",                            # the lines alone (an old Mac mailer)
+    "begin 644 rapport.txt\n,4F%P<&]R=\"!T97-T\n`\nend",   # with the begin/end frame
+])
+def test_an_x_uuencode_part_is_decoded(encoded: str) -> None:
+    raw = ("From: \"Lena Berg\" <lena@site.example>\r\nSubject: verslag\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=U\r\n\r\n--U\r\n"
+           "Content-Type: text/plain\r\n\r\nIn de bijlage.\r\n--U\r\n"
+           'Content-Type: application/msword; name="rapport.txt"\r\n'
+           'Content-Disposition: attachment; filename="rapport.txt"\r\n'
+           "Content-Transfer-Encoding: x-uuencode\r\n\r\n"
+           + encoded.replace("\n", "\r\n") + "\r\n--U--\r\n").encode()
+    m = parse(raw)
+    assert [(a.filename, a.payload) for a in m.attachments] == [("rapport.txt", b"Rapport test")]
+    assert m.text == "In de bijlage."
