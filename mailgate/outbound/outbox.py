@@ -11,6 +11,8 @@ from mailgate.outbound.compose import Outgoing, build
 
 def enqueue(session: Session, out: Outgoing, kind: str, *, ticket_id: int | None,
             inbound_id: int | None) -> Outbox:
+    """Adds the row and its event to the session; both are written at its next flush (the
+    row's id is known from then on)."""
     assert out.date is not None, "outgoing mail is dated by the clock that enqueues it"
     row = Outbox(
         ticket_id=ticket_id, inbound_id=inbound_id, kind=kind, sender=out.from_addr,
@@ -18,8 +20,7 @@ def enqueue(session: Session, out: Outgoing, kind: str, *, ticket_id: int | None
         raw=build(out), status=OutboxStatus.PENDING, attempts=0, next_attempt_at=out.date,
         lease_until=None, last_error="", created_at=out.date, sent_at=None)
     session.add(row)
-    session.flush()
     session.add(Event(at=out.date, kind=f"outbox.{kind}", ticket_id=ticket_id,
-                      inbound_id=inbound_id, outbox_id=row.id,
+                      inbound_id=inbound_id, outbox=row,
                       detail={"to": row.recipients, "message_id": row.message_id}))
     return row

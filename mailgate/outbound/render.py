@@ -50,9 +50,12 @@ class Renderer:
         self.packaged = packaged_loader()
         loaders.append(self.packaged)
         # Plain-text mail: no HTML escaping, but every variable must exist.
+        # Compiled once: no stat of the files at every mail (auto_reload); a changed
+        # template is taken by a new Renderer, which SIGHUP builds (App.reload).
         self.env = Environment(loader=ChoiceLoader(loaders),
-                               undefined=StrictUndefined, autoescape=False,
-                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+                               undefined=StrictUndefined, autoescape=False, auto_reload=False,
+                               cache_size=-1, keep_trailing_newline=True, trim_blocks=True,
+                               lstrip_blocks=True)
 
     def render(self, template: str, language: str, /, **context: Any) -> tuple[str, str]:
         """Returns (language used, text).

@@ -25,7 +25,7 @@ def _enqueue(app: App, to: str = "eva@site1234.example.be") -> int:
             from_name="Desk", from_addr="servicedesk@desk.example", to=(to,),
             subject="[SD-1] Test", body="Hallo", message_id=app.desk.ids.make(None),
             date=app.clock.now()), "ack", ticket_id=None, inbound_id=None)
-        return row.id
+    return row.id  # given at the commit's flush (enqueue writes nothing by itself)
 
 
 def _row(app: App, row_id: int) -> Outbox:
