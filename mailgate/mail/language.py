@@ -50,6 +50,10 @@ _ADDRESS = re.compile(r"\S+@\S+")
 _PATH = re.compile(r"\S*[/\\]\S*|\b[\w-]+(?:\.[\w-]+)*\.(?:be|eu|com|org|net|nl|fr|de|lu|int)\b\S*",
                    re.IGNORECASE)
 _DIGITS = re.compile(r"\d+")
+# A run of 200+ non-spaces is no word of any language (a base64 blob, a minified log line):
+# dropped first, because _ADDRESS and _PATH backtrack over such a run quadratically (a 20 KB
+# token took seconds of the worker; the listener takes lines of up to 64 KiB).
+_LONG_TOKEN = re.compile(r"\S{200,}")
 _LETTER = re.compile(r"[^\W\d_]")
 
 _SEPARATOR = re.compile(r"^\s*(?:--|__)\s*$")
@@ -114,7 +118,7 @@ def _own_text(text: str) -> str:
             continue
         if _SEPARATOR.match(line):
             break
-        line = _PATH.sub(" ", _ADDRESS.sub(" ", _URL.sub(" ", line)))
+        line = _PATH.sub(" ", _ADDRESS.sub(" ", _URL.sub(" ", _LONG_TOKEN.sub(" ", line))))
         if _TRACE.search(line) or _mostly_symbols(line):
             continue
         lines.append(line)

@@ -60,7 +60,7 @@ def _inbound(app: App) -> list[Inbound]:
 def _processed(app: App, count: int) -> list[Inbound]:
     return until(lambda: (rows := _inbound(app)) and len(rows) == count
                  and all(r.status != "pending" for r in rows) and rows,
-                 what=f"{count} processed mail(s)")
+                 timeout=30, what=f"{count} processed mail(s)")
 
 
 class Raw:
@@ -331,8 +331,10 @@ def _long_line_mail(length: int) -> bytes:
 def test_lines_longer_than_1000_bytes_are_stored_as_they_came(
         daemon: RunningDaemon, sink: SmtpSink) -> None:
     mail = _long_line_mail(60_000)
+    started = time.monotonic()
     send(daemon.port, mail, mail_from=EDITOR)  # smtplib stuffs the dot; the store unstuffs
-    [ack] = sink.wait_for(1)
+    [ack] = sink.wait_for(1, timeout=30)
+    print(f"acknowledged after {time.monotonic() - started:.2f} s")
     [row] = _processed(daemon.app, 1)
     assert row.raw == mail
     assert row.status == "ticket"
