@@ -17,7 +17,7 @@ them alike), every command of the run once:
   `deliver` on PostgreSQL cannot go under);
 - ``mailgate deliver`` of two realistic mails, each with its own Message-ID every round
   (so each is stored, never a duplicate): an HTML newsletter-like mail
-  (multipart/alternative, ~12 KB) and a reply with a 200 KB PNG screenshot (~275 KB base64),
+  (multipart/alternative, ~4 KB) and a reply with a 200 KB PNG screenshot (~275 KB base64),
   on SQLite (a fresh file, ``db upgrade`` first) and on each ``--database-url`` (a private
   schema, dropped afterwards).
 
@@ -227,6 +227,14 @@ def main() -> None:
           f"({worst.name}) {'met' if worst.wall_median < 0.25 else 'MISSED'}; "
           f"mailgate --help < 0.3 s: {helped.wall_median:.3f} s "
           f"{'met' if helped.wall_median < 0.3 else 'MISSED'}")
+    for kind in kinds:
+        s = max((series[f"deliver {m} {kind}"] for m in ("html", "png")),
+                key=lambda s: s.wall_median)
+        print(f"  {kind}: deliver {s.wall_median:.3f} s wall, {s.cpu_median:.3f} s CPU per mail")
+    if pg_url:
+        floor = series["python -c 'import psycopg'"]
+        print(f"  PostgreSQL floor: `import psycopg` alone {floor.wall_median:.3f} s wall, "
+              f"{floor.cpu_median:.3f} s CPU")
     print(f"load (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
           f"after {tuple(round(x, 2) for x in load_after)}; {os.cpu_count()} CPUs")
 
