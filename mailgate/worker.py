@@ -1,5 +1,6 @@
 """The runner that processes stored mail: load → parse → facts → classify → apply → record,
-one transaction per mail, or quarantine.
+or quarantine; each mail in its own transaction, or (once warm) in its own savepoint of a
+group's transaction.
 
 It holds no ticket logic: the facts, the rules and the handlers live in ``tickets/``. A mail
 that fails to parse or apply goes to quarantine with the reason and the worker goes on; a

@@ -96,10 +96,10 @@ def write(plain: Plain) -> Iterator[Any]:
         cur.execute("BEGIN IMMEDIATE")
         try:
             yield cur
+            cur.execute("COMMIT")  # a failed COMMIT leaves no transaction open either
         except BaseException:
             conn.rollback()
             raise
-        cur.execute("COMMIT")
         return
     with conn.transaction(), conn.cursor() as cur:
         yield cur
