@@ -116,7 +116,10 @@ def _announce(c: Context, ticket: Ticket, event: str, text: str,
 
 def _looping(c: Context, ticket: Ticket, sender: str, text: str, passed_to: str) -> str:
     """A reason when this is the same text from `sender` on the ticket again (a machine
-    answering the desk's mails): kept, recorded as suppressed, not passed on."""
+    answering the desk's mails): kept, recorded as suppressed, not passed on. A mail with
+    no text or with attachments is a person's (screenshots sent one by one), never a loop."""
+    if not text.strip() or c.mail.attachments:
+        return ""
     repeats = autoanswer.same_text_on_ticket(c.session, ticket.id, sender, c.mail.subject,
                                              text, c.now)
     if repeats < autoanswer.SAME_TEXT_PER_HOUR:

@@ -292,3 +292,34 @@ def test_urgent_and_complaint_over_smtp(make_settings: SettingsFactory, sink: Sm
     finally:
         d.stop()
         app.close()
+
+
+# --- the relay's loop brake never costs a person ------------------------------------------
+
+
+def test_screenshots_sent_one_by_one_all_reach_the_agents(rules: DeskHarness) -> None:
+    """The same words from the same editor again and again is how an auto-responder loops
+    through the relay (tests/test_loops.py); five mails 'see attachment', each with another
+    screenshot, are a person's, and every one is told to the agents."""
+    rules.receive(make_mail(EDITOR, "Formulier geeft fout 500"))
+    before = len(rules.outbox(agents=True))
+    for n in range(5):
+        msg = make_mail(EDITOR, "Re: [SD-1] Formulier geeft fout 500", "zie bijlage")
+        msg.add_attachment(b"\x89PNG\r\n\x1a\n" + bytes([n]) * 2000, maintype="image",
+                           subtype="png", filename=f"scherm{n}.png")
+        row = rules.receive(msg)
+        assert row.status == "ticket" and "not told" not in (row.reason or ""), row.reason
+    assert len(rules.outbox(agents=True)) - before == 5
+    assert rules.events("SD-1", "answer.suppressed") == []
+
+
+def test_the_same_words_again_and_again_stop_reaching_the_agents(rules: DeskHarness) -> None:
+    rules.receive(make_mail(EDITOR, "Formulier geeft fout 500"))
+    before = len(rules.outbox(agents=True))
+    for _ in range(5):
+        row = rules.receive(make_mail(EDITOR, "Re: [SD-1] Formulier geeft fout 500",
+                                      "Ik ben afwezig tot maandag."))
+        assert row.status == "ticket"
+    # Three told; the fourth and fifth kept on the ticket, recorded, not passed on.
+    assert len(rules.outbox(agents=True)) - before == 3
+    assert len(rules.events("SD-1", "answer.suppressed")) == 2
