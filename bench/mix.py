@@ -44,7 +44,6 @@ import contextlib
 import cProfile
 import email
 import io
-import json
 import math
 import os
 import pstats
@@ -92,12 +91,18 @@ from bench.ingest import (  # noqa: E402
     server_process,
     tail,
     wait_smtp,
+    write_config,
 )
 from tests.support.sink import SmtpSink, free_port  # noqa: E402
 
 DESK = "servicedesk@desk.example"
 AGENTS = ("agent.one@desk.example", "agent.two@desk.example")
-PREFIX = "SD"
+PREFIX = "SD"  # the shipped ticket_prefix
+# The worker looks for pending mail more often than the shipped 2 s: the drain's clock.
+WORKER = """
+[worker]
+poll_seconds = 0.2
+"""
 EDITORS_PER_SITE = 3
 ACKS_PER_EDITOR = 40        # below the shipped [access] acks_per_hour = 60
 PHASE_TIMEOUT = 600.0
@@ -250,36 +255,6 @@ def email_parse_rate(raws: list[bytes], rounds: int = 3) -> float:
 
 # --- the daemon -------------------------------------------------------------------------------
 
-def write_config(path: Path, tmp: Path, db_url: str, smtp_port: int, relay_port: int) -> None:
-    def s(value: str) -> str:
-        return json.dumps(value)
-
-    path.write_text(f"""\
-state_dir = {s(str(tmp / "var"))}
-
-[desk]
-name = "Bench Desk"
-address = {s(DESK)}
-complaints_address = "complaints@desk.example"
-phone = "+32 2 123 45 67"
-ticket_prefix = "{PREFIX}"
-
-[database]
-url = {s(db_url)}
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-
-[outbound]
-relay_host = "127.0.0.1"
-relay_port = {relay_port}
-
-[worker]
-poll_seconds = 0.2
-""", encoding="utf-8")
-
-
 def register(config: Path, editors: list[Editor]) -> None:
     """Sites, editors and agents, in one transaction of this process (fast)."""
     from mailgate import config as config_mod
@@ -335,7 +310,7 @@ def desk(base_url: str | None, editors: list[Editor]) -> Iterator[Setup]:
         sink = SmtpSink().start()
         stack.callback(sink.stop)
         config, smtp_port = tmp / "mailgate.toml", free_port()
-        write_config(config, tmp, db_url, smtp_port, sink.port)
+        write_config(config, tmp, db_url, smtp_port, sink.port, WORKER)
         mailgate_cli(config, "db", "upgrade")
         register(config, editors)
         yield Setup(tmp, config, db_url, sink, smtp_port, tmp / "daemon.log")
