@@ -1,4 +1,5 @@
-"""Plain DB-API connections, for the one path that must start fast: `mailgate deliver`.
+"""Plain DB-API connections, for the paths that must be lean: `mailgate deliver` and the SMTP
+intake's group commit.
 
 Importing SQLAlchemy costs more than the whole of storing a mail (bench/deliver.py measures
 it), so the MTA pipe talks to sqlite3 or psycopg directly. What the engine
@@ -123,6 +124,50 @@ def write_blob(conn: sqlite3.Connection, table: str, column: str, rowid: int,
     with conn.blobopen(table, column, rowid) as blob, memoryview(value) as view:
         for at in range(0, len(value), _PIECE):
             blob.write(view[at:at + _PIECE])
+
+
+# The inbound row's columns both ways of storing write (inbound/arrival.py inbound_row);
+# trail is the JSON list [], a literal, so that neither database needs a JSON adapter.
+INBOUND_COLUMNS = ("raw", "size", "digest", "message_id", "dedup_key", "channel",
+                   "envelope_from", "envelope_to", "received_at", "status", "reason", "kind",
+                   "attempts", "authenticity")
+
+
+def insert_inbound(plain: Plain, cur: Any, rows: list[dict[str, Any]]
+                   ) -> tuple[dict[str, int], dict[str, int]]:
+    """Inserts `rows` (distinct dedup keys, one `received_at`) in the caller's transaction
+    (:func:`write`); returns (dedup key → id stored before, dedup key → id stored now).
+    ON CONFLICT DO NOTHING: a mail stored before or meanwhile — by another instance, whose
+    uncommitted insert this one waits for, or by `deliver` — is a duplicate, never an error."""
+    mark = plain.mark
+    # psycopg: the raw bytes as a binary parameter, sent as they are (text would hex them).
+    raw_mark = "%b" if plain.dialect == "postgresql" else mark
+    # A big mail on SQLite goes in as zeroblob(n) and is written in pieces below: bound, its
+    # copy would stay in the statement cache until the statement ran again.
+    big = [streams(plain.dialect, r["raw"]) for r in rows]
+    one, one_big = ("(" + ", ".join((f"zeroblob({mark})" if streamed else raw_mark)
+                                    if c == "raw" else mark for c in INBOUND_COLUMNS) + ", '[]')"
+                    for streamed in (False, True))
+    sql = (f"INSERT INTO inbound ({', '.join(INBOUND_COLUMNS)}, trail) VALUES "
+           + ", ".join(one_big if streamed else one for streamed in big)
+           + " ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id")
+    # One time for all rows: formatting it is the dearest part of a row's values on SQLite.
+    stamp = plain.timestamp(rows[0]["received_at"])
+    params = [stamp if c == "received_at" else len(values[c]) if c == "raw" and streamed
+              else values[c] for values, streamed in zip(rows, big, strict=True)
+              for c in INBOUND_COLUMNS]
+    cur.execute(sql, params)
+    new: dict[str, int] = {k: i for k, i in cur.fetchall()}
+    for values, streamed in zip(rows, big, strict=True):
+        if streamed and values["dedup_key"] in new:
+            write_blob(plain.conn, "inbound", "raw", new[values["dedup_key"]], values["raw"])
+    known: dict[str, int] = {}
+    missing = [r["dedup_key"] for r in rows if r["dedup_key"] not in new]
+    if missing:
+        cur.execute("SELECT dedup_key, id FROM inbound WHERE dedup_key IN ("
+                    + ", ".join([mark] * len(missing)) + ")", missing)
+        known = {k: i for k, i in cur.fetchall()}
+    return known, new
 
 
 def is_unavailable(exc: BaseException) -> bool:

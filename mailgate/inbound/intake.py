@@ -50,9 +50,6 @@ _STOP = object()
 
 # The columns of arrival.inbound_row that are inserted, in order (`trail` is the literal
 # JSON list [] in the statement: no JSON adapter needed). The same as mailgate/inbound/pipe.py.
-_COLUMNS = ("raw", "size", "digest", "message_id", "dedup_key", "channel", "envelope_from",
-            "envelope_to", "received_at", "status", "reason", "kind", "attempts")
-
 Item = tuple[Arrival, "Future[Stored]", "asyncio.AbstractEventLoop | None"]
 Outcome = tuple["Future[Stored]", "Stored | BaseException"]
 
@@ -255,44 +252,12 @@ class IntakeWriter:
             self._release(invalidate=True)
         return rows, resolve(rows, known, new)
 
-    def _insert(self, plain: dbapi.Plain,
+    @staticmethod
+    def _insert(plain: dbapi.Plain,
                 rows: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
         """(dedup key → id stored before, dedup key → id stored now), committed."""
-        mark = plain.mark
-        # psycopg: the raw bytes as a binary parameter, sent as they are (text would hex them).
-        raw_mark = "%b" if plain.dialect == "postgresql" else mark
-        # A big mail on SQLite goes in as zeroblob(n) and is written in pieces below: bound,
-        # its copy would stay in the statement cache until the next batch (db/dbapi.py).
-        big = [dbapi.streams(plain.dialect, r["raw"]) for r in rows]
-        one, one_big = ("(" + ", ".join((f"zeroblob({mark})" if streamed else raw_mark)
-                                        if c == "raw" else mark for c in _COLUMNS) + ", '[]')"
-                        for streamed in (False, True))
-        sql = (f"INSERT INTO inbound ({', '.join(_COLUMNS)}, trail) VALUES "
-               + ", ".join(one_big if streamed else one for streamed in big)
-               # A mail stored before (or meanwhile, by another instance or `deliver`) is a
-               # duplicate, found by the look-up below, never an error.
-               + " ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id")
-        # One time for the whole batch (inbound_row gave every row the same `now`):
-        # formatting it is the dearest part of a row's values on SQLite.
-        stamp = plain.timestamp(rows[0]["received_at"])
-        params = [stamp if c == "received_at" else len(values[c]) if c == "raw" and streamed
-                  else values[c] for values, streamed in zip(rows, big, strict=True)
-                  for c in _COLUMNS]
         with dbapi.write(plain) as cur:
-            cur.execute(sql, params)
-            new: dict[str, int] = {k: i for k, i in cur.fetchall()}
-            for values, streamed in zip(rows, big, strict=True):
-                if streamed and values["dedup_key"] in new:
-                    dbapi.write_blob(plain.conn, "inbound", "raw", new[values["dedup_key"]],
-                                     values["raw"])
-            known: dict[str, int] = {}
-            missing = [r["dedup_key"] for r in rows if r["dedup_key"] not in new]
-            if missing:
-                cur.execute("SELECT dedup_key, id FROM inbound WHERE dedup_key IN ("
-                            + ", ".join([mark] * len(missing)) + ")", missing)
-                known = {k: i for k, i in cur.fetchall()}
-        return known, new
-
+            return dbapi.insert_inbound(plain, cur, rows)
 
 
 def _resolve(pairs: list[Outcome]) -> None:

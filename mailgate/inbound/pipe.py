@@ -16,43 +16,16 @@ from typing import Any, BinaryIO
 
 from mailgate.clock import Clock
 from mailgate.config import DatabaseSettings
-from mailgate.db.dbapi import Plain, connect, is_unavailable, write
+from mailgate.db.dbapi import Plain, connect, insert_inbound, is_unavailable, write
 from mailgate.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailgate.inbound.arrival import Arrival, Stored, inbound_row, log_stored, resolve
-
-# The columns both ways insert (inbound_row); trail is the JSON list [], written as a literal
-# so that neither database needs a JSON adapter.
-_COLUMNS = ("raw", "size", "digest", "message_id", "dedup_key", "channel", "envelope_from",
-            "envelope_to", "received_at", "status", "reason", "kind", "attempts", "authenticity")
-
-
-def insert_statement(plain: Plain, values: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The INSERT of one row and its parameters. ON CONFLICT DO NOTHING: a mail stored
-    meanwhile by another process (on PostgreSQL: by another instance, whose insert not yet
-    committed this one waits for) is a duplicate, found by the look-up that follows, never
-    an error."""
-    mark = plain.mark
-    # psycopg: the raw bytes as a binary parameter, sent as they are (text would hex them).
-    raw_mark = "%b" if plain.dialect == "postgresql" else mark
-    marks = ", ".join(raw_mark if c == "raw" else mark for c in _COLUMNS)
-    sql = (f"INSERT INTO inbound ({', '.join(_COLUMNS)}, trail) VALUES ({marks}, '[]') "
-           "ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
-    return sql, [plain.timestamp(values[c]) if c == "received_at" else values[c]
-                 for c in _COLUMNS]
 
 
 def store(plain: Plain, values: dict[str, Any]) -> Stored:
     """Commit one row; a duplicate answers with the id of the row stored first."""
     with write(plain) as cur:
-        cur.execute(*insert_statement(plain, values))
-        row = cur.fetchone()
-        if row is not None:
-            return resolve([values], {}, {values["dedup_key"]: row[0]})[0]
-        cur.execute(f"SELECT id FROM inbound WHERE dedup_key = {plain.mark}",
-                    [values["dedup_key"]])
-        known = cur.fetchone()
-    assert known is not None, "ON CONFLICT without a row holding the key"
-    return resolve([values], {values["dedup_key"]: known[0]}, {})[0]
+        known, new = insert_inbound(plain, cur, [values])
+    return resolve([values], known, new)[0]
 
 
 def deliver(db: DatabaseSettings, clock: Clock, stream: BinaryIO,

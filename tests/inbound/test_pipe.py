@@ -21,7 +21,7 @@ from mailgate.db import dbapi
 from mailgate.db.models import Inbound
 from mailgate.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailgate.inbound.arrival import Arrival, Stored, inbound_row
-from mailgate.inbound.pipe import deliver, insert_statement, store
+from mailgate.inbound.pipe import deliver, store
 from mailgate.inbound.store import store_raw
 from mailgate.worker import process_pending
 from tests.support.desk import DESK, EDITOR
@@ -147,8 +147,7 @@ def test_a_mail_stored_meanwhile_by_another_process_is_a_duplicate(app: App) -> 
     with dbapi.connect(app.settings.database) as other:
         with dbapi.write(other) as cur:
             # The other process's uncommitted insert, through the same statement.
-            cur.execute(*insert_statement(other, values))
-            other_id = cur.fetchone()[0]
+            other_id = dbapi.insert_inbound(other, cur, [values])[1][values["dedup_key"]]
             racer = threading.Thread(target=lambda: results.append(_deliver(app, raw)))
             racer.start()
             racer.join(0.5)
@@ -187,10 +186,8 @@ def test_sqlite_urls_name_the_file_sqlalchemy_opens(url: str, path: str) -> None
 
 
 def test_both_ways_insert_the_same_columns() -> None:
-    from mailgate.inbound import pipe
-
     values = inbound_row(Arrival(b"Subject: x\r\n\r\nx\r\n", "pipe"), AT)
-    assert set(values) == {*pipe._COLUMNS, "trail"} and values["trail"] == []
+    assert set(values) == {*dbapi.INBOUND_COLUMNS, "trail"} and values["trail"] == []
     required = {c.name for c in Inbound.__table__.columns
                 if not c.nullable and c.server_default is None and not c.primary_key}
     assert required <= set(values), "a NOT NULL column the pipe would leave out"
