@@ -135,10 +135,14 @@ INBOUND_COLUMNS = ("raw", "size", "digest", "message_id", "dedup_key", "channel"
 
 def insert_inbound(plain: Plain, cur: Any, rows: list[dict[str, Any]]
                    ) -> tuple[dict[str, int], dict[str, int]]:
-    """Inserts `rows` (distinct dedup keys, one `received_at`) in the caller's transaction
-    (:func:`write`); returns (dedup key → id stored before, dedup key → id stored now).
+    """Inserts `rows` (one `received_at`) in the caller's transaction; returns (dedup key →
+    id stored before, dedup key → id stored now). A key twice in `rows` is inserted once.
     ON CONFLICT DO NOTHING: a mail stored before or meanwhile — by another instance, whose
     uncommitted insert this one waits for, or by `deliver` — is a duplicate, never an error."""
+    fresh: dict[str, dict[str, Any]] = {}
+    for values in rows:
+        fresh.setdefault(values["dedup_key"], values)
+    rows = list(fresh.values())
     mark = plain.mark
     # psycopg: the raw bytes as a binary parameter, sent as they are (text would hex them).
     raw_mark = "%b" if plain.dialect == "postgresql" else mark

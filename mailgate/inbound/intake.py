@@ -225,17 +225,14 @@ class IntakeWriter:
         connection, without the in-process lock (it never waits, so it cannot starve one)."""
         now = self.clock.now()
         rows = [inbound_row(a, now) for a in arrivals]
-        fresh: dict[str, dict[str, Any]] = {}
-        for values in rows:
-            fresh.setdefault(values["dedup_key"], values)  # twice in one batch: once
         if inline:
-            known, new = self._insert(self._loop_plain(), list(fresh.values()))
+            known, new = self._insert(self._loop_plain(), rows)
             self.committed += 1
             return rows, resolve(rows, known, new)
         try:
             plain = self._plain()
             with self.lock.held(writelock.INTAKE) if self.lock else nullcontext():
-                known, new = self._insert(plain, list(fresh.values()))
+                known, new = self._insert(plain, rows)
         except Exception as exc:
             if _unavailable(exc):
                 self.rolled_back += 1
@@ -246,7 +243,7 @@ class IntakeWriter:
             raise
         self.committed += 1
         if plain.dialect == "postgresql" and any(
-                len(v["raw"]) > dbapi.STREAM_ABOVE for v in fresh.values()):
+                len(v["raw"]) > dbapi.STREAM_ABOVE for v in rows):
             # libpq keeps its send buffer at the size of the largest message it sent: a big
             # mail's copy would stay with this connection. A new one for the next batch.
             self._release(invalidate=True)
