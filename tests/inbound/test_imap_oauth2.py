@@ -272,7 +272,16 @@ def subjects(app: App) -> list[str]:
 
 def logs(caplog: pytest.LogCaptureFixture) -> str:
     """Everything logged, tracebacks included."""
-    return "\n".join(f"{r.getMessage()}\n{r.exc_text or ''}" for r in caplog.records)
+    return "\n".join(f"{_message(r)}\n{r.exc_text or ''}" for r in caplog.records)
+
+
+def _message(record: logging.LogRecord) -> str:
+    # imaplib's debug records sometimes carry arguments their text has no place for
+    # (getMessage raises): then the text and the arguments, all of it searched.
+    try:
+        return record.getMessage()
+    except TypeError:
+        return f"{record.msg} {record.args!r}"
 
 
 def assert_never_logged(caplog: pytest.LogCaptureFixture, *secret_values: str) -> None:
