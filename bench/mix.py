@@ -664,7 +664,7 @@ def run_profile(args: argparse.Namespace) -> None:
     for key in ("tottime", "cumulative"):
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats(key).print_stats(args.top)
+        stats.sort_stats(key).print_stats(*([args.filter] if args.filter else []), args.top)
         lines = out.getvalue().splitlines()
         start_at = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
         log(f"--- top {args.top} by {key} ---")
@@ -692,6 +692,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile mode: N stored requests through the worker in-process")
     parser.add_argument("--top", type=int, default=30, help="functions shown per profile list")
+    parser.add_argument("--filter", default=None, metavar="REGEX",
+                        help="profile lists show only functions whose path matches")
     parser.add_argument("--database-url", default=None,
                         help="postgresql+psycopg://... (a private schema per run)")
     args = parser.parse_args(argv)

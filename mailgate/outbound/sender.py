@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import case, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.clock import Clock
@@ -281,13 +281,28 @@ def _settle(factory: sessionmaker[Session], done: list[_Sent]) -> list[OutboxSta
     statuses: list[OutboxStatus] = []
     events: list[dict[str, Any]] = []
     with core_transaction(factory) as conn:
+        # The common case, sent, is one statement for all: RETURNING names the rows that
+        # were still ours.
+        sent_at = {d.row.id: d.at for d in done if d.status == OutboxStatus.SENT}
+        still_ours = set(conn.execute(
+            update(Outbox).where(Outbox.id.in_(sent_at), Outbox.status == OutboxStatus.PENDING)
+            .values(status=OutboxStatus.SENT, lease_until=None, attempts=Outbox.attempts + 1,
+                    last_error="", sent_at=case(
+                        {oid: literal(at, Outbox.sent_at.type) for oid, at in sent_at.items()},
+                        value=Outbox.id))
+            .returning(Outbox.id)).scalars()) if sent_at else set()
         for d in done:
+            if d.status == OutboxStatus.SENT:
+                statuses.append(d.status if d.row.id in still_ours else OutboxStatus.FAILED)
+                if d.row.id in still_ours:
+                    events.append({"at": d.at, "kind": f"outbox.{d.status}",
+                                   "ticket_id": d.row.ticket_id, "inbound_id": None,
+                                   "outbox_id": d.row.id, "detail": {}})
+                continue
             values: dict[str, object] = {"status": d.status, "lease_until": None,
                                          "attempts": Outbox.attempts + 1,
                                          "last_error": d.error}
-            if d.status == OutboxStatus.SENT:
-                values["sent_at"] = d.at
-            elif d.status == OutboxStatus.PENDING:
+            if d.status == OutboxStatus.PENDING:
                 values["next_attempt_at"] = d.retry_at
             # Only a row still ours to settle: a bounce may already have marked it failed
             # while we were talking to the relay, and that verdict must stand.

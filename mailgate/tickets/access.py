@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import Agent, Editor, Message, Ticket
+from mailgate.db.models import Message, Ticket
+from mailgate.tickets import known
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ class Sender:
 
 
 def identify(session: Session, address: str) -> Sender:
-    editor = session.execute(select(Editor).where(Editor.email == address)).scalar_one_or_none()
-    agent = session.execute(select(Agent).where(Agent.email == address)).scalar_one_or_none()
+    editor = known.editor(session, address)
+    agent = known.agent(session, address)
     return Sender(
         address,
         EditorInfo(editor.email, editor.site_id, editor.name, editor.phone, editor.language)

@@ -14,11 +14,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import Agent, Editor, Inbound, Message, Outbox, Site, Ticket
+from mailgate.db.models import Inbound, Message, Outbox, Ticket
 from mailgate.mail.parse import ParsedMail
 from mailgate.mail.references import TicketRef
 from mailgate.outbound.compose import OutAttachment, Outgoing, attach
 from mailgate.outbound.outbox import enqueue
+from mailgate.tickets import known
 from mailgate.tickets.commands import ACCEPTED, BadLine
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.text import display_text
@@ -43,7 +44,7 @@ class BounceSeen:
 
 
 def agent_addresses(session: Session) -> set[str]:
-    return {a.lower() for a in session.execute(select(Agent.email)).scalars()}
+    return known.agent_addresses(session)
 
 
 def recipients(session: Session, desk: Desk, exclude: set[str],
@@ -58,9 +59,33 @@ def recipients(session: Session, desk: Desk, exclude: set[str],
     return tuple(a for a in addrs if a.lower() not in exclude)
 
 
+# The agents' mails of the tickets this session created, kept as they are written: such a
+# ticket has no others, and no out-of-office reply to them yet, so looking for either (two
+# statements, two autoflushes, per new ticket) finds nothing the session does not know.
+_NEW = "mailgate.notify.new_tickets"
+
+
+def created(session: Session, ticket: Ticket) -> None:
+    """`ticket` was created in this session (its id known)."""
+    session.info.setdefault(_NEW, {})[ticket.id] = []
+
+
+def heard_from(session: Session, ticket: Ticket) -> None:
+    """An automatic reply was recorded on `ticket`: from now on, look in the database."""
+    session.info.get(_NEW, {}).pop(ticket.id, None)
+
+
+def _new_mails(session: Session, ticket: Ticket) -> list[tuple[str, datetime]] | None:
+    mails: list[tuple[str, datetime]] | None = session.info.get(_NEW, {}).get(ticket.id)
+    return mails
+
+
 def _agent_mails(session: Session, ticket: Ticket) -> list[tuple[str, datetime]]:
     """(Message-ID, written at) of the agents' mails of a ticket, in order: one look serves
     the thread and the out-of-office replies since the last notice."""
+    mails = _new_mails(session, ticket)
+    if mails is not None:
+        return list(mails)
     return [(mid, at) for mid, at in session.execute(
         select(Outbox.message_id, Outbox.created_at)
         .where(Outbox.ticket_id == ticket.id, Outbox.kind.in_(AGENT_KINDS))
@@ -78,6 +103,8 @@ def _thread(mails: list[tuple[str, datetime]]) -> tuple[str, tuple[str, ...]]:
 def _since_last_notice(session: Session, ticket: Ticket,
                        mails: list[tuple[str, datetime]]) -> list[AutoReplySeen]:
     """Out-of-office replies that came in after the agents last heard of this ticket."""
+    if _new_mails(session, ticket) is not None:
+        return []
     last = mails[-1][1] if mails else None
     stmt = select(Message).where(Message.ticket_id == ticket.id, Message.kind == "auto-reply")
     if last is not None:
@@ -103,6 +130,9 @@ def send_to_agents(session: Session, desk: Desk, ticket: Ticket, kind: str, to: 
         loop_marker=s.desk.address, date=now, reply_to=s.desk.address,
         attachments=attachments)
     enqueue(session, out, kind, ticket_id=ticket.id, inbound_id=inbound.id if inbound else None)
+    new = _new_mails(session, ticket)
+    if new is not None:
+        new.append((out.message_id, now))
 
 
 def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: datetime, *,
@@ -116,10 +146,9 @@ def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: dateti
     if not to:
         return False
     s = desk.settings
-    site = session.get(Site, ticket.site_id) if ticket.site_id else None
     # The phone the request gave, else the one registered for its editor.
-    phone = ticket.phone or session.execute(
-        select(Editor.phone).where(Editor.email == ticket.requester)).scalar_one_or_none() or ""
+    registered = known.editor(session, ticket.requester) if not ticket.phone else None
+    phone = ticket.phone or (registered.phone if registered else "") or ""
     missing = list(ticket.missing or [])
     due = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
     files = attach(mail.attachments if mail else (), s.attachments.max_size)
@@ -128,7 +157,7 @@ def notify(session: Session, desk: Desk, ticket: Ticket, event: str, now: dateti
             for a in _since_last_notice(session, ticket, mails)]
     _lang, body = desk.renderer.render(
         "notify", s.desk.default_language, event=event, ref=ticket.ref, desk=s.desk,
-        ticket=ticket, site_name=site.name if site else "",
+        ticket=ticket, site_name=known.site_name(session, ticket.site_id) if ticket.site_id else "",
         phone=phone, due=due, missing=missing,
         text=text.strip(),
         attachments=[f.filename for f in files], auto_replies=seen, bounce=bounce,

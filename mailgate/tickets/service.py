@@ -17,7 +17,6 @@ from mailgate.db.models import (
     Event,
     Inbound,
     Message,
-    Site,
     Ticket,
 )
 from mailgate.mail import language
@@ -27,7 +26,7 @@ from mailgate.mail.references import TicketRef, remove_tags, strip_prefixes
 from mailgate.mail.urgency import Urgency
 from mailgate.outbound.compose import Outgoing, attach
 from mailgate.outbound.outbox import enqueue
-from mailgate.tickets import autoanswer, completeness, duetimes
+from mailgate.tickets import autoanswer, completeness, duetimes, known, notify
 from mailgate.tickets.access import AgentInfo, EditorInfo, Sender
 from mailgate.tickets.desk import Desk
 from mailgate.tickets.states import IllegalTransition, State, after_requester_mail, refuse_move
@@ -48,6 +47,8 @@ def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
         subject=mail.subject, message_id=mail.message_id or inbound.message_id,
         body_text=display_text(mail) if body is None else body, created_at=now)
     session.add(msg)
+    if kind == "auto-reply":
+        notify.heard_from(session, ticket)
     if mail.attachments:
         session.flush()  # the attachments need the message's id
     for att in mail.attachments:
@@ -119,8 +120,7 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
     ``urgent``: what marked the mail urgent (the facts have it)."""
     s = desk.settings
     editor = sender.editor
-    known_sites = frozenset(session.execute(select(Site.site_id)).scalars())
-    reading = completeness.read(mail, editor, known_sites)
+    reading = completeness.read(mail, editor, known.site_ids(session))
     recipients = (*mail.to, *mail.cc, *(a for a in inbound.envelope_to.split(",") if a))
     lang, german = choose_language(desk, mail, editor, recipients)
     due, alert_at = first_response(desk, now, urgent is not None)
@@ -139,6 +139,7 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
     completeness.apply_reading(ticket, reading)
     session.add(ticket)
     session.flush()
+    notify.created(session, ticket)
     add_message(session, desk, ticket, mail, inbound, "request", now, body)
     event(session, now, "ticket.created", ticket, inbound, ref=ticket.ref,
           requester=ticket.requester, linked_to=linked_to.ref if linked_to else None,
@@ -214,8 +215,7 @@ def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedM
     ticket urgent."""
     add_message(session, desk, ticket, mail, inbound, "follow-up", now)
     ticket.updated_at = now
-    known = frozenset(session.execute(select(Site.site_id)).scalars())
-    filled = completeness.fill_from_follow_up(ticket, mail, known)
+    filled = completeness.fill_from_follow_up(ticket, mail, known.site_ids(session))
     if filled:
         event(session, now, "ticket.completed", ticket, inbound, items=filled,
               by=mail.from_addr)

@@ -1,0 +1,95 @@
+"""The registry as one transaction sees it: editors, agents and sites, each looked up once per
+session instead of once per mail (a worker's group of mails shares a session).
+
+Every mail used to read the agents twice, its sender's editor row, every site ID and the
+ticket's site: five statements, and five autoflushes of what the mail had written so far.
+A session that changes the registry itself (an agent's command, the CLI) drops what it
+remembered, so it never reads its own stale copy; another process's change is seen by the
+next transaction, as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import event, select
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from mailgate.db.models import Agent, Editor, Site
+
+_KEY = "mailgate.known"
+_REGISTRY = (Editor, Agent, Site)
+
+
+@dataclass
+class _Memo:
+    editors: dict[str, Editor | None] = field(default_factory=dict)
+    agents: dict[str, Agent] | None = None
+    sites: dict[str, str] | None = None  # site ID → name
+
+
+def _forget(session: Session) -> None:
+    session.info.pop(_KEY, None)
+
+
+def _after_flush(session: Session, _context: object) -> None:
+    if any(isinstance(obj, _REGISTRY)
+           for obj in (*session.new, *session.dirty, *session.deleted)):
+        _forget(session)
+
+
+def _on_execute(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        mapper = state.bind_mapper
+        if mapper is None or mapper.class_ in _REGISTRY:
+            _forget(state.session)
+
+
+def _memo(session: Session) -> _Memo:
+    memo = session.info.get(_KEY)
+    if memo is None:
+        if not session.info.get(_KEY + ".listening"):
+            session.info[_KEY + ".listening"] = True
+            event.listen(session, "after_flush", _after_flush)
+            event.listen(session, "do_orm_execute", _on_execute)
+        memo = session.info[_KEY] = _Memo()
+    assert isinstance(memo, _Memo)
+    return memo
+
+
+def editor(session: Session, address: str) -> Editor | None:
+    memo = _memo(session)
+    if address not in memo.editors:
+        memo.editors[address] = session.execute(
+            select(Editor).where(Editor.email == address)).scalar_one_or_none()
+    return memo.editors[address]
+
+
+def _agents(session: Session) -> dict[str, Agent]:
+    memo = _memo(session)
+    if memo.agents is None:
+        memo.agents = {a.email: a for a in session.execute(select(Agent)).scalars()}
+    return memo.agents
+
+
+def agent(session: Session, address: str) -> Agent | None:
+    return _agents(session).get(address)
+
+
+def agent_addresses(session: Session) -> set[str]:
+    return {a.lower() for a in _agents(session)}
+
+
+def _sites(session: Session) -> dict[str, str]:
+    memo = _memo(session)
+    if memo.sites is None:
+        memo.sites = {sid: name for sid, name in session.execute(select(Site.site_id, Site.name))}
+    return memo.sites
+
+
+def site_ids(session: Session) -> frozenset[str]:
+    return frozenset(_sites(session))
+
+
+def site_name(session: Session, site_id: str) -> str:
+    return _sites(session).get(site_id, "")
