@@ -6,8 +6,10 @@ ORM, the parser and the ticket services). A command line that is a plain `delive
 (``[--config FILE] deliver [-f SENDER] [-r RECIPIENT]...``, the long forms and ``--opt=value``
 too) runs here, without click or the command tree; anything else, including any `deliver`
 line this does not recognise for certain, goes to click (:mod:`mailgate.cli_commands`), whose
-`deliver` runs the same :func:`deliver_mail`. bench/deliver.py measures both ways,
-tests/test_startup.py holds what they may import.
+`deliver` runs the same :func:`deliver_mail`. That hands the mail to the running daemon's
+listener first where ``[deliver] handoff`` wants it (PostgreSQL, whose driver import alone is
+over the goal: mailgate/inbound/handoff.py), and stores it directly otherwise or when that
+fails. bench/deliver.py measures the ways, tests/test_startup.py holds what they may import.
 """
 
 from __future__ import annotations
@@ -59,15 +61,26 @@ def with_logging(settings: Settings) -> Settings:
 
 def deliver_mail(config_path: str | None, sender: str | None,
                  recipients: list[str] | None) -> str:
-    """`mailgate deliver`: stores the mail on stdin; returns the line to print. Only the
-    store: no App, no engine, no ORM (mailgate/inbound/pipe.py)."""
-    from mailgate.clock import SystemClock
-    from mailgate.inbound.pipe import deliver
+    """`mailgate deliver`: stores the mail on stdin; returns the line to print. First, where
+    ``[deliver] handoff`` wants it, handed to the running daemon's SMTP listener
+    (mailgate/inbound/handoff.py: no database driver imported); else, or when that fails,
+    stored directly (mailgate/inbound/pipe.py: no App, no engine, no ORM)."""
+    from mailgate.inbound.handoff import envelope, try_hand_off
 
     settings = with_logging(load_settings(config_path))
+    raw = sys.stdin.buffer.read()  # one read to the end: FileIO grows one buffer
+    sender, recipients = envelope(sender, recipients)
+    handed = try_hand_off(settings, raw, sender, recipients)
+    if handed is not None:
+        return (f"stored as inbound {handed.inbound_id}" if handed.inbound_id is not None
+                else f"stored by the daemon's listener ({handed.reply})")
+
+    from mailgate.clock import SystemClock
+    from mailgate.inbound.pipe import deliver_raw
+
     try:
-        code, stored, error = deliver(settings.database, SystemClock(), sys.stdin.buffer,
-                                      sender, recipients)
+        code, stored, error = deliver_raw(settings.database, SystemClock(), raw, sender,
+                                          recipients)
     except OSError as exc:  # e.g. the SQLite file's directory cannot be made
         code, stored, error = EX_TEMPFAIL, None, f"storage unavailable: {exc}"
     if code != EX_OK:

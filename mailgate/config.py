@@ -98,6 +98,15 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class DeliverSettings:
+    # `mailgate deliver` hands the mail to the running daemon's SMTP listener ([smtp] host,
+    # port) first, storing directly only when that fails (mailgate/inbound/handoff.py):
+    # "auto" on PostgreSQL only (psycopg's import is most of a direct store there), "always"
+    # (on SQLite too), "never".
+    handoff: str = "auto"
+
+
+@dataclass(frozen=True)
 class OutboundSettings:
     relay_host: str = ""
     relay_port: int = 25
@@ -220,6 +229,18 @@ class WorkerSettings:
     # Fallback sweep when no in-process wake-up arrives (mail stored by `deliver` or a peer).
     poll_seconds: float = 2.0
     batch_size: int = 50
+    # Processes that process mail: the daemon's own thread and processes - 1 more (each
+    # `mailgate work`). 0 = by the database: 1 on SQLite (one writer at a time anyway), the
+    # number of CPUs (at most 4) on PostgreSQL, where workers claim rows without waiting on
+    # each other.
+    processes: int = 0
+
+    def process_count(self, database_url: str) -> int:
+        if self.processes:
+            return self.processes
+        if database_url.startswith("sqlite"):
+            return 1
+        return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -253,6 +274,7 @@ class Settings:
     desk: DeskSettings = field(default_factory=DeskSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    deliver: DeliverSettings = field(default_factory=DeliverSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     imap: tuple[ImapAccount, ...] = ()
     sla: SlaSettings = field(default_factory=SlaSettings)
@@ -278,6 +300,7 @@ _SECTIONS: dict[str, type] = {
     "desk": DeskSettings,
     "database": DatabaseSettings,
     "smtp": SmtpSettings,
+    "deliver": DeliverSettings,
     "outbound": OutboundSettings,
     "sla": SlaSettings,
     "lifecycle": LifecycleSettings,
@@ -474,6 +497,8 @@ def _validate(s: Settings) -> None:
     _positive("smtp.max_message_size", s.smtp.max_message_size)
     _positive("smtp.max_recipients", s.smtp.max_recipients)
     _validate_smtp(s.smtp)
+    _check(s.deliver.handoff in ("auto", "always", "never"), "deliver.handoff",
+           f'must be "auto", "always" or "never", got {s.deliver.handoff!r}')
     o = s.outbound
     if o.uses_relay:
         _check(0 < o.relay_port < 65536, "outbound.relay_port", "must be a TCP port (1-65535)")
@@ -530,6 +555,8 @@ def _validate(s: Settings) -> None:
     _check(a.max_size >= 0, "attachments.max_size", "must be 0 or more")
     _positive("worker.poll_seconds", s.worker.poll_seconds)
     _positive("worker.batch_size", s.worker.batch_size)
+    _check(0 <= s.worker.processes <= 64, "worker.processes",
+           f"must be 0 (by the database) to 64, got {s.worker.processes}")
     if s.metrics.listen:
         _check(bool(re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}", s.metrics.listen))
                and s.metrics.address[1] < 65536, "metrics.listen",

@@ -38,6 +38,9 @@ def test_defaults_are_the_embedded_setup() -> None:
     ({"smtp": {"max_line_length": 2_000_000, "max_message_size": 1_000_000}},
      "smtp.max_line_length"),
     ({"smtp": {"require_tls": True}}, "smtp.require_tls"),
+    ({"deliver": {"handoff": "sometimes"}}, "deliver.handoff"),
+    ({"deliver": {"handoff": True}}, "deliver.handoff"),
+    ({"deliver": {"hand_off": "never"}}, "deliver.hand_off"),
     ({"smtp": {"tls_cert": "/nonexistent/cert.pem"}}, "smtp.tls_key"),
     ({"smtp": {"tls_cert": "/nonexistent/cert.pem", "tls_key": "/nonexistent/key.pem"}},
      "smtp.tls_cert"),
@@ -75,3 +78,13 @@ def test_tls_certificate_and_key_are_loaded_when_the_config_is_read(tmp_path: Pa
     with pytest.raises(ConfigError) as info:
         from_dict({"smtp": {"tls_cert": str(junk), "tls_key": str(key)}})
     assert info.value.key == "smtp.tls_cert" and "cannot load" in info.value.reason
+
+
+def test_deliver_handoff() -> None:
+    """`mailgate deliver` tries the listener by default where it pays: on PostgreSQL."""
+    assert from_dict({}).deliver.handoff == "auto"
+    for value in ("auto", "always", "never"):
+        assert from_dict({"deliver": {"handoff": value}}).deliver.handoff == value
+    with pytest.raises(ConfigError) as info:
+        from_dict({"deliver": {"handoff": "yes"}})
+    assert info.value.reason == 'must be "auto", "always" or "never", got \'yes\''

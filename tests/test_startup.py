@@ -5,7 +5,9 @@ pay for the ORM, Alembic, the mail parser, DKIM, HTML-to-text, language detectio
 templates or the scheduler. Timing would be flaky on a shared machine; the set of imported
 modules is not, so these tests read it from ``python -X importtime`` (every module a
 process imports, one line each) of the real command in a subprocess. bench/deliver.py
-measures the time.
+measures the time. On PostgreSQL even the driver's import is over the goal: `deliver` hands the
+mail to the running daemon's listener first (mailgate/inbound/handoff.py) and imports no
+database driver at all unless that fails.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import pytest
 
 from mailgate import cli as entry
 from mailgate.cli_commands import cli
-from tests.support.desk import DESK, EDITOR
+from tests.support.desk import DESK, EDITOR, RunningDaemon
 from tests.support.mails import make_mail, wire
+from tests.support.sink import free_port
 
 # Heavy, and none of them needed to store a mail or print help.
 HEAVY = ("sqlalchemy.orm", "alembic", "jinja2", "mailparser", "dkim", "inscriptis", "lingua",
@@ -47,11 +50,12 @@ def heavy_in(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
 
 
-def _config(tmp_path: Path, url: str) -> Path:
+def _config(tmp_path: Path, url: str, handoff: str = "never", smtp_port: int = 2525) -> Path:
     path = tmp_path / "mailgate.toml"
     path.write_text(f'state_dir = "{tmp_path / "var"}"\n[desk]\naddress = "{DESK}"\n'
                     f'complaints_address = "complaints@desk.example"\n'
-                    f'[database]\nurl = "{url}"\n')
+                    f'[database]\nurl = "{url}"\n[smtp]\nport = {smtp_port}\n'
+                    f'[deliver]\nhandoff = "{handoff}"\n')
     return path
 
 
@@ -100,6 +104,48 @@ def test_deliver_imports_only_what_storing_needs(
     # the plain `deliver` line is read without it.
     assert "sqlalchemy" not in modules and "click" not in modules
     assert "mailgate.cli_commands" not in modules
+    # The direct store ("never"): no SMTP client either.
+    assert "smtplib" not in modules and "mailgate.inbound.pipe" in modules
+
+
+def test_the_hand_off_imports_no_database_driver(
+        daemon: RunningDaemon, tmp_path: Path) -> None:
+    """Handed to the running daemon's listener, `deliver` imports neither psycopg nor sqlite3
+    nor the direct store: the driver's import is what the hand-off saves."""
+    url = daemon.app.settings.database.url
+    config = _config(tmp_path, url, "auto" if url.startswith("postgresql") else "always",
+                     daemon.port)
+    modules, proc = imported(["--config", str(config), "deliver", "-r", DESK],
+                             wire(make_mail(EDITOR, "Via de listener")), {"SENDER": EDITOR})
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert b"stored as inbound 1" in proc.stdout and b"handed to the listener" in proc.stderr
+    assert "smtplib" in modules, "the check must see the hand-off's own import"
+    assert heavy_in(modules) == []
+    for module in ("psycopg", "sqlite3", "sqlalchemy", "click", "mailgate.inbound.pipe",
+                   "mailgate.db.dbapi"):
+        assert module not in modules, module
+
+
+def test_with_the_daemon_down_psycopg_comes_in_after_all(
+        database_url: str, tmp_path: Path) -> None:
+    """The hand-off failing (nothing listens), the direct store imports the driver: the
+    import check above is no accident of the configuration."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the hand-off is tried by default on PostgreSQL only")
+    from mailgate.app import App
+    from mailgate.config import load
+    from mailgate.db.migrate import upgrade
+
+    config = _config(tmp_path, database_url, "auto", free_port())
+    app = App(load(config))
+    upgrade(app.engine)
+    app.close()
+    modules, proc = imported(["--config", str(config), "deliver", "-r", DESK],
+                             wire(make_mail(EDITOR, "Daemon weg")), {"SENDER": EDITOR})
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert b"stored as inbound 1" in proc.stdout and b"storing directly" in proc.stderr
+    assert {"smtplib", "psycopg", "mailgate.inbound.pipe"} <= modules
+    assert heavy_in(modules) == [] and "sqlalchemy" not in modules
 
 
 def test_deliver_in_a_shape_only_click_reads_is_lean_too(tmp_path: Path) -> None:

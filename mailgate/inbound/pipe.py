@@ -1,7 +1,10 @@
 """`mailgate deliver`: one message on stdin from an MTA pipe transport (Postfix, Exim).
 
 Exit 0 once committed; 75 (EX_TEMPFAIL) when storage is unavailable so the MTA retries,
-as rt-mailgate does; 65 (EX_DATAERR) for an empty message.
+as rt-mailgate does; 65 (EX_DATAERR) for an empty message. This is the direct store, the
+authoritative way: where ``[deliver] handoff`` wants it, `deliver` first hands the mail to the
+running daemon's listener (:mod:`mailgate.inbound.handoff`) and comes here only when that
+fails.
 
 A fresh process per mail, so it must start fast: no SQLAlchemy, no models, nothing of the
 processing (bench/deliver.py, tests/inbound/test_pipe.py). It stores the same row under the
@@ -11,7 +14,6 @@ plain DB-API connection (:mod:`mailgate.db.dbapi`).
 
 from __future__ import annotations
 
-import os
 from typing import Any, BinaryIO
 
 from mailgate.clock import Clock
@@ -19,6 +21,7 @@ from mailgate.config import DatabaseSettings
 from mailgate.db.dbapi import Plain, connect, insert_inbound, is_unavailable, write
 from mailgate.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailgate.inbound.arrival import Arrival, Stored, inbound_row, log_stored, resolve
+from mailgate.inbound.handoff import envelope
 
 
 def store(plain: Plain, values: dict[str, Any]) -> Stored:
@@ -32,13 +35,15 @@ def deliver(db: DatabaseSettings, clock: Clock, stream: BinaryIO,
             sender: str | None = None,
             recipients: list[str] | None = None) -> tuple[int, Stored | None, str]:
     raw = stream.read()  # one read to the end: FileIO grows one buffer, no list of chunks
+    return deliver_raw(db, clock, raw, *envelope(sender, recipients))
+
+
+def deliver_raw(db: DatabaseSettings, clock: Clock, raw: bytes, sender: str,
+                recipients: list[str]) -> tuple[int, Stored | None, str]:
+    """Stores ``raw`` with its envelope (as :func:`mailgate.inbound.handoff.envelope` makes
+    it): (exit code, the row, the error)."""
     if not raw or raw.isspace():  # not raw.strip(): that would copy the whole mail
         return EX_DATAERR, None, "empty message on standard input"
-    # Postfix's pipe(8) and Exim pass the envelope in these variables.
-    sender = sender if sender is not None else os.environ.get("SENDER", "")
-    if recipients is None:
-        env_rcpt = os.environ.get("RECIPIENT", "")
-        recipients = [env_rcpt] if env_rcpt else []
     values = inbound_row(Arrival(raw, "pipe", sender, tuple(recipients)), clock.now())
     try:
         with connect(db) as plain:
