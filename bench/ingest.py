@@ -138,6 +138,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 # --- the server process, seen from /proc ------------------------------------------------------
 
 def peak_rss_mib(pid: int) -> float:
+    """Peak RSS (VmHWM) of one process; see tree_peak_rss_mib for its worker processes."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -146,13 +147,36 @@ def peak_rss_mib(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else math.nan
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (children not included)."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its living descendants (the daemon's worker processes)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in task.read_text().split()]
+    return found
+
+
+def _cpu_of(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return math.nan
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its living descendants (the daemon's
+    worker processes, started at its start: none ends during a measurement)."""
+    return sum(_cpu_of(p) for p in process_tree(pid))
+
+
+def tree_peak_rss_mib(pid: int) -> float:
+    """The sum of the peaks of a process and its living descendants (an upper bound of
+    what they held at once)."""
+    return sum(peak_rss_mib(p) for p in process_tree(pid))
 
 
 def tail(path: Path, lines: int = 20) -> str:

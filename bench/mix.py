@@ -86,10 +86,11 @@ from bench.ingest import (  # noqa: E402
     load_average,
     log,
     mailgate_cli,
-    peak_rss_mib,
     percentile,
     server_process,
     tail,
+    tree_peak_rss_mib,
+    wait_quiet,
     wait_smtp,
     write_config,
 )
@@ -209,9 +210,9 @@ class MailMaker:
         fields = {"site": editor.site, "n": i, "name": editor.name}
         msg = self._base(editor, subject, mid, TEXT.format(**fields),
                          HTML.format(**fields) if alternative else None)
-        if i % 10 == 3:  # 10% of the requests: a screenshot
-            msg.add_attachment(self.screenshot, maintype="image", subtype="png",
-                               filename=f"screenshot-{i}.png")
+        if i % 10 == 3:  # 10% of the requests: a screenshot, each its own bytes
+            msg.add_attachment(self.screenshot + f"request {i}".encode(), maintype="image",
+                               subtype="png", filename=f"screenshot-{i}.png")
         return Request(i, editor, mid, subject, msg.as_bytes(policy=policy.SMTP), wants_reply,
                        alternative)
 
@@ -303,14 +304,15 @@ class Setup:
 
 
 @contextlib.contextmanager
-def desk(base_url: str | None, editors: list[Editor]) -> Iterator[Setup]:
+def desk(base_url: str | None, editors: list[Editor], processes: int = 0) -> Iterator[Setup]:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailgate-mix-")))
         db_url = stack.enter_context(fresh_database(base_url, tmp))
         sink = SmtpSink().start()
         stack.callback(sink.stop)
         config, smtp_port = tmp / "mailgate.toml", free_port()
-        write_config(config, tmp, db_url, smtp_port, sink.port, WORKER)
+        write_config(config, tmp, db_url, smtp_port, sink.port,
+                     WORKER + f"processes = {processes}\n")
         mailgate_cli(config, "db", "upgrade")
         register(config, editors)
         yield Setup(tmp, config, db_url, sink, smtp_port, tmp / "daemon.log")
@@ -542,11 +544,12 @@ def run_mix(args: argparse.Namespace) -> None:
         f"{args.connections} connections, rate {args.rate or 'unpaced'}, "
         f"{len(maker.editors)} editors on {len(maker.editors) // EDITORS_PER_SITE} sites, "
         f"{len(AGENTS)} agents")
-    with desk(args.database_url, maker.editors) as setup, contextlib.ExitStack() as stack:
+    with (desk(args.database_url, maker.editors, args.processes) as setup,
+          contextlib.ExitStack() as stack):
         serve = [PYTHON, "-m", "mailgate", "--config", str(setup.config), "serve"]
         proc = stack.enter_context(server_process(serve, setup.log_path, daemon_env()))
         wait_smtp(setup.smtp_port, proc, setup.log_path)
-        time.sleep(3)  # the language detector's warm-up after READY
+        wait_quiet(proc.pid)  # the language detectors' warm-up after READY
         engine = create_engine(setup.db_url, pool_size=1, max_overflow=0)
         stack.callback(engine.dispose)
         load = MixLoad(setup.smtp_port, maker, requests, args.connections, args.rate)
@@ -557,7 +560,7 @@ def run_mix(args: argparse.Namespace) -> None:
         accepted_requests = sum(1 for mid in sent.at if mid in by_mid)
         end, stopped = wait_done(proc, engine, watch, accepted_requests)
         cpu = cpu_seconds(proc.pid) - cpu0
-        rss = peak_rss_mib(proc.pid)
+        rss = tree_peak_rss_mib(proc.pid)
         right, replies, statuses = threading_check(engine, sent)
         received = len(setup.sink.handler.received)
         daemon_log = tail(setup.log_path)
@@ -590,11 +593,12 @@ def run_drain(args: argparse.Namespace) -> None:
     log(f"drain: {len(requests)} stored requests ({sum(r.alternative for r in requests)} "
         f"multipart/alternative, {sum(r.index % 10 == 3 for r in requests)} with a PNG), "
         f"{len(maker.editors)} editors, {len(AGENTS)} agents")
-    with desk(args.database_url, maker.editors) as setup, contextlib.ExitStack() as stack:
+    with (desk(args.database_url, maker.editors, args.processes) as setup,
+          contextlib.ExitStack() as stack):
         serve = [PYTHON, "-m", "mailgate", "--config", str(setup.config), "serve"]
         proc = stack.enter_context(server_process(serve, setup.log_path, daemon_env()))
         wait_smtp(setup.smtp_port, proc, setup.log_path)
-        time.sleep(3)
+        wait_quiet(proc.pid)
         engine = create_engine(setup.db_url, pool_size=1, max_overflow=0)
         stack.callback(engine.dispose)
         watch = AckWatch(setup.sink, by_mid).start()
@@ -603,7 +607,7 @@ def run_drain(args: argparse.Namespace) -> None:
         start = store_backlog(setup.config, [r.raw for r in requests])
         end, stopped = wait_done(proc, engine, watch, len(requests))
         cpu = cpu_seconds(proc.pid) - cpu0
-        rss = peak_rss_mib(proc.pid)
+        rss = tree_peak_rss_mib(proc.pid)
         daemon_log = tail(setup.log_path)
     per_s = len(requests) / (end - start) if end else math.nan
     log(f"drain            {len(watch.acks)}/{len(requests)} acks after "
@@ -640,7 +644,7 @@ def run_profile(args: argparse.Namespace) -> None:
     n = args.profile
     maker, requests = plan(round(2 * n / 0.7))
     requests = requests[:2 * n]
-    with desk(args.database_url, maker.editors) as setup:
+    with desk(args.database_url, maker.editors, args.processes) as setup:
         app = App(config_mod.load(setup.config))
         language.warm_up()
         _ = app.desk
@@ -691,6 +695,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="drain mode: N stored requests → tickets/s")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile mode: N stored requests through the worker in-process")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="[worker] processes of the daemon (default 0: by the database)")
     parser.add_argument("--top", type=int, default=30, help="functions shown per profile list")
     parser.add_argument("--filter", default=None, metavar="REGEX",
                         help="profile lists show only functions whose path matches")

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from sqlalchemy import func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from mailgate.config import AttachmentSettings
@@ -58,6 +59,14 @@ def put(session: Session, settings: AttachmentSettings, data: bytes) -> str:
         blob.data = func.zeroblob(len(data))
     if existing is not None:  # purged (or its file lost): the same bytes arrived again
         existing.location, existing.data, existing.size = blob.location, blob.data, blob.size
+    elif session.get_bind().dialect.name == "postgresql":
+        # Another worker may be storing the same bytes now: its row, once committed, serves
+        # (the insert waits for that transaction, then does nothing), instead of a unique
+        # violation that would quarantine this mail.
+        session.execute(pg_insert(Blob).values(
+            sha256=digest, size=blob.size, location=blob.location, data=blob.data)
+            .on_conflict_do_nothing(index_elements=[Blob.sha256]))
+        return digest
     else:
         session.add(blob)
     session.flush()

@@ -175,6 +175,19 @@ def serve(ctx: click.Context) -> None:
             raise Fail(f"cannot start: {exc}", EX_CONFIG if exc.errno else EX_TEMPFAIL) from exc
 
 
+@cli.command(hidden=True)
+@click.pass_context
+def work(ctx: click.Context) -> None:
+    """One worker process of `serve` (``[worker] processes``): processes pending mail until
+    its standard input ends. The daemon starts it; it is not meant to be run by hand."""
+    from mailgate.worker_processes import run_child
+
+    app = _app(ctx)
+    unmap_big_buffers()
+    with _storage("storage unavailable at start"):
+        run_child(app)
+
+
 # glibc's M_MMAP_THRESHOLD (malloc.h).
 _M_MMAP_THRESHOLD = -3
 BIG_BUFFER = 1 << 20

@@ -37,6 +37,7 @@ from mailgate.inbound.store import Arrival, Stored, store_raw
 from mailgate.mail import language
 from mailgate.outbound import sender
 from mailgate.tickets import lifecycle
+from mailgate.worker_processes import WorkerProcesses
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,14 @@ class Daemon:
         self._work: asyncio.Event | None = None
         self._send: asyncio.Event | None = None
         self._sweep: asyncio.Event | None = None
+        self.processes: WorkerProcesses | None = None
 
     # Called from any thread (SMTP handler, IMAP poller threads, scheduler).
     def wake_worker(self) -> None:
         if self._loop and self._work:
             self._loop.call_soon_threadsafe(self._work.set)
+        if self.processes is not None:
+            self.processes.wake()
 
     def wake_sender(self) -> None:
         if self._loop and self._send:
@@ -155,6 +159,8 @@ class Daemon:
         if self._sched is not None:
             self._sched.reschedule_job("lifecycle-sweep", trigger="interval",
                                        seconds=self.app.settings.lifecycle.sweep_seconds)
+        if self.processes is not None:
+            self.processes.restart()  # each reads the file afresh
         log.info("configuration reloaded: templates, [access], [sla], [lifecycle], log_level")
         if restart_only:
             log.warning("changed in %s but applied only at a restart: %s",
@@ -247,6 +253,15 @@ class Daemon:
         # /metrics and /healthz on [metrics] listen, first: a taken port starts nothing else.
         self.metrics.start()
         server = None
+        extra = s.worker.process_count(s.database.url) - 1
+        if extra > 0 and not self.config_path:
+            # A worker process reads the settings from the file; these came from elsewhere.
+            say = log.warning if s.worker.processes else log.info
+            say("[worker] processes: the settings were not read from a file, so mail is "
+                "processed by this process alone")
+        elif extra > 0:
+            self.processes = WorkerProcesses(extra, self.config_path, self.wake_sender)
+            self.processes.start()
         self.intake.start()
         if s.smtp.enabled:
             handler = DeskHandler(s.desk.own_addresses, self._submit, s.smtp.max_recipients,
@@ -304,6 +319,8 @@ class Daemon:
             await asyncio.to_thread(self.intake.stop)
             # The worker and the sender end the pass under way and start none.
             await asyncio.gather(*tasks, warm, return_exceptions=True)
+            if self.processes is not None:
+                await asyncio.to_thread(self.processes.stop)
             await self._final_flush()
             self.app.close()
             log.info("stopped")

@@ -31,14 +31,15 @@ ALLOWED: dict[str, set[str]] = {
     "inbound": BASE | {"mail", "db"},    # a way in gets callables, never the worker
     "app": BASE | {"mail", "db", "outbound", "tickets"},
     "worker": BASE | {"mail", "db", "tickets", "app"},
+    "worker_processes": BASE | {"mail", "app", "worker"},  # `mailgate work` beside the daemon
     "daemon": BASE | {"mail", "db", "outbound", "tickets", "inbound", "app", "worker",
-                      "scheduler", "systemd", "metrics"},
+                      "worker_processes", "scheduler", "systemd", "metrics"},
     "metrics": BASE | {"db", "app", "tickets"},  # reads the daemon through a Protocol
     "doctor": BASE | {"db", "outbound", "inbound"},
     "stats": {"db", "views"},
     "cli": BASE | {"inbound", "cli_commands"},  # the entry point: `deliver`, else click
     "cli_commands": BASE | {"mail", "db", "outbound", "tickets", "inbound", "app", "worker",
-                            "daemon", "views", "doctor", "stats", "cli"},
+                            "worker_processes", "daemon", "views", "doctor", "stats", "cli"},
     "__main__": {"cli"},
     "__init__": set(),
 }

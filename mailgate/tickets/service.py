@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Sequence, select, update
 from sqlalchemy.orm import Session
 
 from mailgate import blobs
@@ -32,8 +32,14 @@ from mailgate.tickets.desk import Desk
 from mailgate.tickets.states import IllegalTransition, State, after_requester_mail, refuse_move
 from mailgate.tickets.text import display_text
 
+# PostgreSQL: a sequence, which no transaction holds (db/migrations 0007); SQLite, one
+# writer at a time: the counter row.
+_TICKET_NUMBERS = Sequence("ticket_number_seq")
+
 
 def next_number(session: Session) -> int:
+    if session.get_bind().dialect.name == "postgresql":
+        return int(session.execute(_TICKET_NUMBERS.next_value()).scalar_one())
     return int(session.execute(
         update(Counter).where(Counter.name == "ticket").values(value=Counter.value + 1)
         .returning(Counter.value)).scalar_one())
