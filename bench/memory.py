@@ -198,8 +198,9 @@ def main() -> None:
         sink = SmtpSink().start()
         stack.callback(sink.stop)
         dovecot = dovecot_or_none(stack, tmp) if "imap" in legs else None
+        # One process takes each mail and processes it ([worker] processes = 1).
         sections = {"smtp": "max_message_size = 67108864",
-                    "attachments": "max_size = 67108864"}
+                    "attachments": "max_size = 67108864", "worker": "processes = 1"}
         if dovecot is not None:
             sections["[[imap]]"] = (
                 f'name = "desk"\nhost = "127.0.0.1"\nport = {dovecot.port}\n'  # type: ignore[attr-defined]

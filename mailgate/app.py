@@ -23,7 +23,9 @@ from mailgate.tickets.desk import Desk
 
 # What SIGHUP changes in a running daemon (App.reload). Everything else (database, listener,
 # IMAP accounts, relay, the desk's addresses and secret, worker) is taken at a restart only.
-RELOADABLE = ("access", "sla", "lifecycle", "templates_dir", "log_level")
+RELOADABLE = ("access", "sla", "lifecycle", "templates_dir", "log_level",
+              # read by each `mailgate deliver` run, not by the daemon
+              "deliver")
 
 
 class ReloadError(Exception):

@@ -160,7 +160,7 @@ class Daemon:
             self._sched.reschedule_job("lifecycle-sweep", trigger="interval",
                                        seconds=self.app.settings.lifecycle.sweep_seconds)
         if self.processes is not None:
-            self.processes.restart()  # each reads the file afresh
+            self.processes.reload()
         log.info("configuration reloaded: templates, [access], [sla], [lifecycle], log_level")
         if restart_only:
             log.warning("changed in %s but applied only at a restart: %s",

@@ -122,12 +122,14 @@ class WorkerProcesses:
             with contextlib.suppress(BlockingIOError, BrokenPipeError, ValueError, OSError):
                 os.write(child.proc.stdin.fileno(), b"w")
 
-    def restart(self) -> None:
-        """After SIGHUP: each child ends its pass and is started again with the new file."""
+    def reload(self) -> None:
+        """SIGHUP passed on: each child takes the reloadable parts of the file afresh
+        between two passes, as the daemon does (the rest waits for a restart of all)."""
         with self._lock:
             children = list(self._children.values())
         for child in children:
-            _close_stdin(child)
+            with contextlib.suppress(OSError):
+                child.proc.send_signal(signal.SIGHUP)
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -168,7 +170,7 @@ def run_child(app: App) -> None:
     wakes a pass, one line on stdout tells the daemon a pass committed mail."""
     from mailgate.mail import language
 
-    wake, stop = threading.Event(), threading.Event()
+    wake, stop, hup = threading.Event(), threading.Event(), threading.Event()
     stdin, stdout = sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno()
 
     def listen() -> None:
@@ -191,7 +193,12 @@ def run_child(app: App) -> None:
         with contextlib.suppress(OSError):
             os.write(stdout, b"\n")
 
+    def reload(_signum: int, _frame: object) -> None:
+        hup.set()
+        wake.set()
+
     signal.signal(signal.SIGTERM, end)
+    signal.signal(signal.SIGHUP, reload)
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides, and ends
     # us by closing our stdin once its own pass is over.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -206,6 +213,9 @@ def run_child(app: App) -> None:
             if stop.is_set():
                 break
             wake.clear()
+            if hup.is_set():
+                hup.clear()
+                _reload(app)
             try:
                 result = worker.process_pending(app, on_processed=committed)
             except Exception:
@@ -215,3 +225,14 @@ def run_child(app: App) -> None:
                 wake.set()
     finally:
         app.close()
+
+
+def _reload(app: App) -> None:
+    from mailgate import config as config_mod
+
+    try:
+        app.reload(config_mod.load(app.settings.source or None))
+    except Exception as exc:
+        log.error("worker process: reload failed, the running configuration stays: %s", exc)
+    else:
+        log.info("worker process: configuration reloaded")

@@ -28,6 +28,9 @@ url = "{url}"
 busy_timeout_ms = 1000
 [outbound]
 {outbound}
+[deliver]
+# Never a daemon that happens to listen on the default port (`make run`): the direct store.
+handoff = "never"
 {extra}
 """
 

@@ -193,6 +193,22 @@ def test_a_dead_worker_process_is_replaced_and_all_end_with_the_daemon(
 
 
 @pytest.mark.timeout(120)
+def test_sighup_reaches_the_worker_processes(
+        tmp_path: Path, db_url: str, sink: SmtpSink) -> None:
+    serve = serve_with(tmp_path, db_url, sink, processes=3)
+    try:
+        workers = until(lambda: w if len(w := workers_of(serve)) == 2 else None, timeout=20,
+                        what="two worker processes")
+        assert serve.proc is not None
+        serve.proc.send_signal(signal.SIGHUP)
+        until(lambda: serve.text().count("worker process: configuration reloaded") == 2,
+              timeout=20, what="both worker processes reloaded")
+        assert sorted(workers_of(serve)) == sorted(workers)  # reloaded, not restarted
+    finally:
+        serve.stop()
+
+
+@pytest.mark.timeout(120)
 def test_worker_processes_end_when_the_daemon_is_killed(
         tmp_path: Path, db_url: str, sink: SmtpSink) -> None:
     serve = serve_with(tmp_path, db_url, sink, processes=3)
