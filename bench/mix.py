@@ -312,7 +312,7 @@ def desk(base_url: str | None, editors: list[Editor], processes: int = 0) -> Ite
         stack.callback(sink.stop)
         config, smtp_port = tmp / "mailgate.toml", free_port()
         write_config(config, tmp, db_url, smtp_port, sink.port,
-                     WORKER + f"processes = {processes}\n")
+                     WORKER + (f"processes = {processes}\n" if processes else ""))
         mailgate_cli(config, "db", "upgrade")
         register(config, editors)
         yield Setup(tmp, config, db_url, sink, smtp_port, tmp / "daemon.log")

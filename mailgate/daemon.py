@@ -253,15 +253,6 @@ class Daemon:
         # /metrics and /healthz on [metrics] listen, first: a taken port starts nothing else.
         self.metrics.start()
         server = None
-        extra = s.worker.process_count(s.database.url) - 1
-        if extra > 0 and not self.config_path:
-            # A worker process reads the settings from the file; these came from elsewhere.
-            say = log.warning if s.worker.processes else log.info
-            say("[worker] processes: the settings were not read from a file, so mail is "
-                "processed by this process alone")
-        elif extra > 0:
-            self.processes = WorkerProcesses(extra, self.config_path, self.wake_sender)
-            self.processes.start()
         self.intake.start()
         if s.smtp.enabled:
             handler = DeskHandler(s.desk.own_addresses, self._submit, s.smtp.max_recipients,
@@ -272,6 +263,16 @@ class Daemon:
                 host=s.smtp.host, port=s.smtp.port, reuse_address=True)
             self.smtp_port = server.sockets[0].getsockname()[1]
             log.info("SMTP listening on %s:%s", s.smtp.host, self.smtp_port)
+        # After the listener: a port already taken stops the start before any is spawned.
+        extra = s.worker.process_count(s.database.url) - 1
+        if extra > 0 and not self.config_path:
+            # A worker process reads the settings from the file; these came from elsewhere.
+            say = log.warning if s.worker.processes else log.info
+            say("[worker] processes: the settings were not read from a file, so mail is "
+                "processed by this process alone")
+        elif extra > 0:
+            self.processes = WorkerProcesses(extra, self.config_path, self.wake_sender)
+            self.processes.start()
         tasks = [asyncio.create_task(self._worker_loop(), name="worker"),
                  asyncio.create_task(self._sender_loop(), name="sender"),
                  asyncio.create_task(self._sweep_loop(), name="sweep")]

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 RESTART_FIRST = 1.0
 RESTART_MAX = 60.0
 RESTART_RESET = 60.0
-STOP_SECONDS = 30.0
+STOP_SECONDS = 10.0  # inside the unit's TimeoutStopSec with the SMTP drain
 
 
 def command(config_path: str | None) -> list[str]:
