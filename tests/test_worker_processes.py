@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,26 +28,9 @@ from mailgate.db.models import Inbound, Outbox, Ticket
 from mailgate.db.status import InboundStatus, OutboxStatus
 from mailgate.inbound.store import store_raw
 from tests.support.desk import DESK, EDITOR
-from tests.support.pgschema import private_schema
 from tests.support.serve import Blast, ServeProcess, request
 from tests.support.sink import SmtpSink
 from tests.support.wait import until
-
-PG_ENV = "MAILGATE_TEST_DATABASE_URL"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mailgate.db'}"
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{PG_ENV} is not set under CI")
-        pytest.skip(f"set {PG_ENV} for the PostgreSQL case")
-    with private_schema(base) as url:
-        yield url
 
 
 def children(pid: int) -> list[int]:
@@ -71,6 +53,12 @@ def workers_of(serve: ServeProcess) -> list[int]:
         if b"work" in cmdline:
             out.append(pid)
     return out
+
+
+def two_workers(serve: ServeProcess) -> list[int]:
+    found: list[int] = until(lambda: w if len(w := workers_of(serve)) == 2 else None,
+                             timeout=20, what="two worker processes")
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -120,13 +108,13 @@ def serve_with(tmp_path: Path, url: str, sink: SmtpSink, processes: int) -> Serv
 
 @pytest.mark.timeout(120)
 def test_worker_processes_process_mail_while_the_daemon_is_frozen(
-        tmp_path: Path, db_url: str, sink: SmtpSink) -> None:
-    serve = serve_with(tmp_path, db_url, sink, processes=3)
-    engine = create_engine(db_url)
+        tmp_path: Path, database_url: str, sink: SmtpSink) -> None:
+    serve = serve_with(tmp_path, database_url, sink, processes=3)
+    engine = create_engine(database_url)
     try:
-        until(lambda: len(workers_of(serve)) == 2, timeout=20, what="two worker processes")
+        two_workers(serve)
         assert serve.proc is not None
-        freeze(serve.proc.pid, db_url)  # its thread, listener and sender stop
+        freeze(serve.proc.pid, database_url)  # its thread, listener and sender stop
         try:
             app = App(config.load(serve.config))
             try:
@@ -149,11 +137,11 @@ def test_worker_processes_process_mail_while_the_daemon_is_frozen(
 
 @pytest.mark.timeout(150)
 def test_a_blast_shared_with_worker_processes_doubles_nothing(
-        tmp_path: Path, db_url: str, sink: SmtpSink) -> None:
-    serve = serve_with(tmp_path, db_url, sink, processes=3)
-    engine = create_engine(db_url)
+        tmp_path: Path, database_url: str, sink: SmtpSink) -> None:
+    serve = serve_with(tmp_path, database_url, sink, processes=3)
+    engine = create_engine(database_url)
     try:
-        until(lambda: len(workers_of(serve)) == 2, timeout=20, what="two worker processes")
+        two_workers(serve)
         mails = [request(n, "shared") for n in range(150)]
         blast = Blast([serve.port], mails)
         for t in blast.run(6):
@@ -177,8 +165,8 @@ def test_a_blast_shared_with_worker_processes_doubles_nothing(
 
 @pytest.mark.timeout(120)
 def test_a_dead_worker_process_is_replaced_and_all_end_with_the_daemon(
-        tmp_path: Path, db_url: str, sink: SmtpSink) -> None:
-    serve = serve_with(tmp_path, db_url, sink, processes=2)
+        tmp_path: Path, database_url: str, sink: SmtpSink) -> None:
+    serve = serve_with(tmp_path, database_url, sink, processes=2)
     try:
         first = until(lambda: workers_of(serve), timeout=20, what="a worker process")
         assert len(first) == 1
@@ -194,11 +182,10 @@ def test_a_dead_worker_process_is_replaced_and_all_end_with_the_daemon(
 
 @pytest.mark.timeout(120)
 def test_sighup_reaches_the_worker_processes(
-        tmp_path: Path, db_url: str, sink: SmtpSink) -> None:
-    serve = serve_with(tmp_path, db_url, sink, processes=3)
+        tmp_path: Path, database_url: str, sink: SmtpSink) -> None:
+    serve = serve_with(tmp_path, database_url, sink, processes=3)
     try:
-        workers = until(lambda: w if len(w := workers_of(serve)) == 2 else None, timeout=20,
-                        what="two worker processes")
+        workers = two_workers(serve)
         assert serve.proc is not None
         serve.proc.send_signal(signal.SIGHUP)
         until(lambda: serve.text().count("worker process: configuration reloaded") == 2,
@@ -210,11 +197,10 @@ def test_sighup_reaches_the_worker_processes(
 
 @pytest.mark.timeout(120)
 def test_worker_processes_end_when_the_daemon_is_killed(
-        tmp_path: Path, db_url: str, sink: SmtpSink) -> None:
-    serve = serve_with(tmp_path, db_url, sink, processes=3)
+        tmp_path: Path, database_url: str, sink: SmtpSink) -> None:
+    serve = serve_with(tmp_path, database_url, sink, processes=3)
     try:
-        workers = until(lambda: w if len(w := workers_of(serve)) == 2 else None, timeout=20,
-                        what="two worker processes")
+        workers = two_workers(serve)
         serve.kill9()  # no goodbye: their stdin ends with it
         until(lambda: not any(alive(p) for p in workers), timeout=15,
               what="the orphaned worker processes gone")

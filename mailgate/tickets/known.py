@@ -3,9 +3,9 @@ session instead of once per mail (a worker's group of mails shares a session).
 
 Every mail used to read the agents twice, its sender's editor row, every site ID and the
 ticket's site: five statements, and five autoflushes of what the mail had written so far.
-A session that changes the registry itself (an agent's command, the CLI) drops what it
-remembered, so it never reads its own stale copy; another process's change is seen by the
-next transaction, as before.
+A session that changes the registry itself (an agent's command, the CLI) or rolls back (a
+mail's savepoint) drops what it remembered, so it never reads a stale copy; another
+process's change is seen by the next transaction, as before.
 """
 
 from __future__ import annotations
@@ -32,10 +32,20 @@ def _forget(session: Session) -> None:
     session.info.pop(_KEY, None)
 
 
+def _changing(session: Session) -> bool:
+    """Registry rows added, changed or deleted and not yet flushed (or being flushed)."""
+    return any(isinstance(obj, _REGISTRY)
+               for obj in (*session.new, *session.dirty, *session.deleted))
+
+
 def _after_flush(session: Session, _context: object) -> None:
-    if any(isinstance(obj, _REGISTRY)
-           for obj in (*session.new, *session.dirty, *session.deleted)):
+    if _changing(session):
         _forget(session)
+
+
+def _rolled_back(session: Session, _previous: object) -> None:
+    # Also a mail's savepoint: what it wrote, and read back, is gone.
+    _forget(session)
 
 
 def _on_execute(state: ORMExecuteState) -> None:
@@ -47,11 +57,12 @@ def _on_execute(state: ORMExecuteState) -> None:
 
 def _memo(session: Session) -> _Memo:
     memo = session.info.get(_KEY)
-    if memo is None:
+    if memo is None or _changing(session):
         if not session.info.get(_KEY + ".listening"):
             session.info[_KEY + ".listening"] = True
             event.listen(session, "after_flush", _after_flush)
             event.listen(session, "do_orm_execute", _on_execute)
+            event.listen(session, "after_soft_rollback", _rolled_back)
         memo = session.info[_KEY] = _Memo()
     assert isinstance(memo, _Memo)
     return memo

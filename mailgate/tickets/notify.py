@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from mailgate.db.models import Inbound, Message, Outbox, Ticket
@@ -67,6 +67,12 @@ _NEW = "mailgate.notify.new_tickets"
 
 def created(session: Session, ticket: Ticket) -> None:
     """`ticket` was created in this session (its id known)."""
+    if not session.info.get(_NEW + ".listening"):
+        session.info[_NEW + ".listening"] = True
+        # A rolled-back savepoint took its tickets with it: forget them all (the others
+        # are looked up in the database again, which is only slower).
+        event.listen(session, "after_soft_rollback",
+                     lambda s, _previous: s.info.pop(_NEW, None))
     session.info.setdefault(_NEW, {})[ticket.id] = []
 
 

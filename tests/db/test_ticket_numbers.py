@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from alembic import command
 from sqlalchemy import insert, text, update
 
 from mailgate.db.engine import make_engine, make_sessionmaker, transaction
-from mailgate.db.migrate import alembic_config, upgrade
+from mailgate.db.migrate import upgrade
 from mailgate.db.models import Counter, Ticket
 from mailgate.tickets import service
 from tests.support.desk import EDITOR, SettingsFactory
+from tests.support.migrations import migrate_to
 
 
 def _next(engine: object) -> int:
@@ -24,10 +24,7 @@ def test_numbers_go_on_from_the_counter_and_back(make_settings: SettingsFactory)
     settings = make_settings()
     engine = make_engine(settings.database)
     try:
-        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0006")
+        migrate_to(engine, "0006")
         with engine.begin() as conn:
             conn.execute(update(Counter.__table__).where(Counter.name == "ticket")
                          .values(value=41))
@@ -48,9 +45,7 @@ def test_numbers_go_on_from_the_counter_and_back(make_settings: SettingsFactory)
                 requester=EDITOR, requester_name="", subject="s", language="nl",
                 created_at=datetime(2026, 1, 1, tzinfo=UTC),
                 updated_at=datetime(2026, 1, 1, tzinfo=UTC), reminders_sent=0))
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0006")
+        migrate_to(engine, "0006", down=True)
         # Back on the counter, past every number a ticket has.
         with engine.connect() as conn:
             assert conn.execute(text("SELECT value FROM counter")).scalar_one() == 43

@@ -17,7 +17,6 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from alembic import command
 from sqlalchemy import Engine, func, insert, inspect, select, text, update
 
 from mailgate import blobs
@@ -25,7 +24,7 @@ from mailgate.app import App
 from mailgate.cli import main
 from mailgate.clock import FixedClock
 from mailgate.db.engine import make_engine, transaction
-from mailgate.db.migrate import alembic_config, upgrade
+from mailgate.db.migrate import upgrade
 from mailgate.db.models import Blob, Event, Inbound, Outbox, Setting, Ticket
 from mailgate.db.status import OutboxStatus
 from mailgate.outbound import sender
@@ -34,6 +33,7 @@ from mailgate.tickets.states import State
 from tests.support.desk import EDITOR, SettingsFactory, register_demo
 from tests.support.harness import DeskHarness
 from tests.support.mails import make_mail
+from tests.support.migrations import migrate_to
 from tests.tickets.conftest import OTHER_EDITOR, register_more
 
 pytestmark = pytest.mark.timeout(180)
@@ -358,10 +358,7 @@ def test_migration_0006_fills_closed_at_of_tickets_closed_before_0004(
     settings = make_settings()
     engine = make_engine(settings.database)
     try:
-        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0005")
+        migrate_to(engine, "0005")
         closed_at_event = datetime(2025, 5, 2, 9, 0, tzinfo=UTC)
         with engine.begin() as conn:
             values = {"state": "closed", "priority": "normal", "kind": "request",
@@ -386,9 +383,7 @@ def test_migration_0006_fills_closed_at_of_tickets_closed_before_0004(
         assert naive(rows["SD-2"]) == datetime(2025, 5, 3)  # no events: its last update
         assert rows["SD-3"] is None  # not closed
         assert indexes(engine) >= RETENTION_INDEXES
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0005")
+        migrate_to(engine, "0005", down=True)
         assert not RETENTION_INDEXES & indexes(engine)
         upgrade(engine)
         assert indexes(engine) >= RETENTION_INDEXES
