@@ -83,6 +83,9 @@ class WorkerProcesses:
         child.reader = threading.Thread(target=self._read, args=(child,),
                                         name=f"worker-process-{slot}", daemon=True)
         with self._lock:
+            if self._stopping:  # stop() came while this one was starting: not taken on
+                _close_stdin(child)
+                return
             self._children[slot] = child
         child.reader.start()
         log.info("worker process %d started (pid %d)", slot, proc.pid)
@@ -107,9 +110,6 @@ class WorkerProcesses:
         log.warning("worker process %d (pid %d) ended with %s; started again in %.0f s",
                     child.slot, child.proc.pid, code, delay)
         time.sleep(delay)
-        with self._lock:
-            if self._stopping:
-                return
         self._spawn(child.slot)
 
     def wake(self) -> None:
