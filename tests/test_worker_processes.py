@@ -61,12 +61,16 @@ def two_workers(serve: ServeProcess) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
+def state(pid: int) -> str:
+    """The process's state letter (R, S, T for stopped, Z), "" when it is gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
-    return state != "Z"
+        return ""
+
+
+def alive(pid: int) -> bool:
+    return state(pid) not in ("", "Z")
 
 
 def counts(engine: Engine) -> tuple[int, int, int]:
@@ -85,6 +89,8 @@ def freeze(pid: int, url: str) -> None:
     hold everyone up; on PostgreSQL it holds only its own rows)."""
     for _ in range(200):
         os.kill(pid, signal.SIGSTOP)
+        # kill() returns before the process stops: until then it may still take the lock.
+        until(lambda: state(pid) == "T", timeout=5, interval=0.005, what="the daemon stopped")
         if not url.startswith("sqlite"):
             return
         conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0.2)
