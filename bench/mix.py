@@ -304,11 +304,12 @@ class Setup:
 
 
 @contextlib.contextmanager
-def desk(base_url: str | None, editors: list[Editor], processes: int = 0) -> Iterator[Setup]:
+def desk(base_url: str | None, editors: list[Editor], processes: int = 0,
+         pipelining: bool = True) -> Iterator[Setup]:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailgate-mix-")))
         db_url = stack.enter_context(fresh_database(base_url, tmp))
-        sink = SmtpSink().start()
+        sink = SmtpSink(pipelining).start()
         stack.callback(sink.stop)
         config, smtp_port = tmp / "mailgate.toml", free_port()
         write_config(config, tmp, db_url, smtp_port, sink.port,
@@ -544,7 +545,7 @@ def run_mix(args: argparse.Namespace) -> None:
         f"{args.connections} connections, rate {args.rate or 'unpaced'}, "
         f"{len(maker.editors)} editors on {len(maker.editors) // EDITORS_PER_SITE} sites, "
         f"{len(AGENTS)} agents")
-    with (desk(args.database_url, maker.editors, args.processes) as setup,
+    with (desk(args.database_url, maker.editors, args.processes, not args.no_pipelining) as setup,
           contextlib.ExitStack() as stack):
         serve = [PYTHON, "-m", "mailgate", "--config", str(setup.config), "serve"]
         proc = stack.enter_context(server_process(serve, setup.log_path, daemon_env()))
@@ -593,7 +594,7 @@ def run_drain(args: argparse.Namespace) -> None:
     log(f"drain: {len(requests)} stored requests ({sum(r.alternative for r in requests)} "
         f"multipart/alternative, {sum(r.index % 10 == 3 for r in requests)} with a PNG), "
         f"{len(maker.editors)} editors, {len(AGENTS)} agents")
-    with (desk(args.database_url, maker.editors, args.processes) as setup,
+    with (desk(args.database_url, maker.editors, args.processes, not args.no_pipelining) as setup,
           contextlib.ExitStack() as stack):
         serve = [PYTHON, "-m", "mailgate", "--config", str(setup.config), "serve"]
         proc = stack.enter_context(server_process(serve, setup.log_path, daemon_env()))
@@ -644,7 +645,7 @@ def run_profile(args: argparse.Namespace) -> None:
     n = args.profile
     maker, requests = plan(round(2 * n / 0.7))
     requests = requests[:2 * n]
-    with desk(args.database_url, maker.editors, args.processes) as setup:
+    with desk(args.database_url, maker.editors, args.processes, not args.no_pipelining) as setup:
         app = App(config_mod.load(setup.config))
         language.warm_up()
         _ = app.desk
@@ -663,6 +664,8 @@ def run_profile(args: argparse.Namespace) -> None:
         took = time.perf_counter() - wall0
         app.close()
         acks = len(setup.sink.handler.received)
+    if args.profile_out:
+        profiler.dump_stats(args.profile_out)
     log(f"profiled: {processed} mails, {took:.2f} s under cProfile; {acks} mails to the sink "
         "in both rounds")
     for key in ("tottime", "cumulative"):
@@ -697,6 +700,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="profile mode: N stored requests through the worker in-process")
     parser.add_argument("--processes", type=int, default=0,
                         help="[worker] processes of the daemon (default 0: by the database)")
+    parser.add_argument("--no-pipelining", action="store_true",
+                        help="the relay (the sink) does not offer PIPELINING (default: it "
+                             "does, as Postfix and Exim do)")
+    parser.add_argument("--profile-out", default=None, metavar="FILE",
+                        help="also write the profile's raw stats there (pstats)")
     parser.add_argument("--top", type=int, default=30, help="functions shown per profile list")
     parser.add_argument("--filter", default=None, metavar="REGEX",
                         help="profile lists show only functions whose path matches")

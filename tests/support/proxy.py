@@ -1,4 +1,5 @@
-"""A TCP proxy a test can cut, to make a real PostgreSQL outage between daemon and server."""
+"""A TCP proxy a test can cut, to make a real PostgreSQL outage between daemon and server;
+it also keeps what the client sent, in the pieces it arrived in (to see SMTP pipelining)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stop = False
+        self.sent: list[bytes] = []  # client → server, one entry per recv()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -46,6 +48,8 @@ class TcpProxy:
                     data = src.recv(65536)
                     if not data:
                         return
+                    if src is a:
+                        self.sent.append(data)
                     (b if src is a else a).sendall(data)
         except (OSError, ValueError):  # ValueError: cut() closed a socket under select()
             return

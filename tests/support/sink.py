@@ -40,6 +40,25 @@ class SinkHandler:
     cond: threading.Condition = field(default_factory=threading.Condition)
     # Answers to give instead of 250, consumed one per message (to simulate relay trouble).
     fail_with: list[str] = field(default_factory=list)
+    # Offered in the EHLO answer, as Postfix and Exim do (aiosmtpd reads commands one after
+    # the other from the stream, so pipelined ones are answered in order).
+    pipelining: bool = False
+    # Recipients refused at RCPT, and the answer they get.
+    refuse: dict[str, str] = field(default_factory=dict)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.cond:
@@ -54,8 +73,8 @@ class SinkHandler:
 
 
 class SmtpSink:
-    def __init__(self) -> None:
-        self.handler = SinkHandler()
+    def __init__(self, pipelining: bool = False) -> None:
+        self.handler = SinkHandler(pipelining=pipelining)
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
 
     def start(self) -> SmtpSink:
