@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, defer
 
 from mailgate.app import App
 from mailgate.clock import Clock
+from mailgate.db import eventlog
 from mailgate.db.engine import is_unavailable, read_bytes, reading, transaction
 from mailgate.db.models import Event, Inbound, Ticket
 from mailgate.db.status import InboundStatus
@@ -90,8 +91,8 @@ def _process(session: Session, app: App, desk: Desk, inbound_id: int
             found.authenticity.evidence[:190]
     row.processed_at = now
     row.attempts += 1
-    session.add(Event(at=now, kind=f"inbound.{row.status}", ticket_id=row.ticket_id,
-                      inbound_id=row.id, detail={"rule": decision.rule}))
+    eventlog.record(session, now, f"inbound.{row.status}", ticket_id=row.ticket_id,
+                    inbound_id=row.id, detail={"rule": decision.rule})
     ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
     line: dict[str, Any] = {"inbound": row.id, "message_id": row.message_id or None,
                             "channel": row.channel, "kind": row.kind,

@@ -10,11 +10,11 @@ from sqlalchemy import Sequence, select, update
 from sqlalchemy.orm import Session
 
 from mailgate import blobs
+from mailgate.db import eventlog
 from mailgate.db.models import (
     Attachment,
     Counter,
     Editor,
-    Event,
     Inbound,
     Message,
     Ticket,
@@ -68,8 +68,8 @@ def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
 
 def event(session: Session, now: datetime, kind: str, ticket: Ticket | None,
            inbound: Inbound | None, **detail: object) -> None:
-    session.add(Event(at=now, kind=kind, ticket_id=ticket.id if ticket else None,
-                      inbound_id=inbound.id if inbound else None, detail=detail))
+    eventlog.record(session, now, kind, ticket_id=ticket.id if ticket else None,
+                    inbound_id=inbound.id if inbound else None, detail=detail)
 
 
 def set_state(session: Session, desk: Desk, ticket: Ticket, new: State,
