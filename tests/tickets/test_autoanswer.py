@@ -1,0 +1,50 @@
+"""tickets/autoanswer.py reads on the session's connection, without an autoflush: what the
+transaction added and has not flushed yet still counts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from mailgate.app import App
+from mailgate.db.engine import transaction
+from mailgate.db.models import BouncingAddress
+from mailgate.tickets import autoanswer
+
+EVA = "eva@site1234.example.be"
+
+
+def test_answers_not_yet_flushed_count_against_the_limit(app: App) -> None:
+    now = app.clock.now()
+    with transaction(app.sessions) as session:
+        assert autoanswer.allow(session, EVA, "ack", now, 2, None, digest="a")
+        assert autoanswer.allow(session, EVA, "ack", now, 2, None, digest="b")
+        assert len(session.new) == 2  # not flushed yet
+        assert not autoanswer.allow(session, EVA, "ack", now, 2, None, digest="c")
+        assert autoanswer.allow(session, "jan@site1234.example.be", "ack", now, 2, None)
+    with transaction(app.sessions) as session:  # and once flushed and committed, as well
+        assert not autoanswer.allow(session, EVA, "ack", now, 2, None, digest="d")
+
+
+def test_the_same_text_not_yet_flushed_counts_as_a_loop(app: App) -> None:
+    now = app.clock.now()
+    with transaction(app.sessions) as session:
+        for _ in range(autoanswer.SAME_TEXT_PER_HOUR):
+            assert autoanswer.allow(session, EVA, "ack", now, 60, None, digest="same")
+        assert not autoanswer.allow(session, EVA, "ack", now, 60, None, digest="same")
+        assert autoanswer.allow(session, EVA, "ack", now, 60, None, digest="other")
+
+
+def test_a_bounce_of_this_transaction_is_seen_before_it_is_flushed(app: App) -> None:
+    now = app.clock.now()
+    with transaction(app.sessions) as session:
+        assert not autoanswer.bouncing(session, EVA, now)
+        session.add(BouncingAddress(address=EVA, first_at=now, last_at=now, count=1))
+        assert autoanswer.bouncing(session, EVA, now)
+    with transaction(app.sessions) as session:
+        assert autoanswer.bouncing(session, EVA, now)
+        assert not autoanswer.bouncing(session, EVA, now + autoanswer.BOUNCE_MEMORY
+                                       + timedelta(seconds=1))
+        flag = session.get(BouncingAddress, EVA)
+        assert flag is not None
+        flag.last_at = now - autoanswer.BOUNCE_MEMORY - timedelta(seconds=1)
+        assert not autoanswer.bouncing(session, EVA, now)  # the session's own copy
