@@ -54,6 +54,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -157,16 +158,21 @@ BODY_CHARS = 300
 def _fold(text: str) -> tuple[str, list[int]]:
     """``text`` case-folded without accents, and for each character of it the index of the
     character of ``text`` it came from."""
+    if text.isascii():  # nothing to decompose, and casefold() is lower() there
+        return text.lower(), list(range(len(text)))
     out: list[str] = []
     where: list[int] = []
     for i, ch in enumerate(text):
-        for c in unicodedata.normalize("NFKD", ch):
-            if unicodedata.combining(c):
-                continue
-            for f in c.casefold():
-                out.append(f)
-                where.append(i)
+        folded = _fold_char(ch)
+        out.append(folded)
+        where.extend([i] * len(folded))
     return "".join(out), where
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_char(ch: str) -> str:
+    return "".join(c.casefold() for c in unicodedata.normalize("NFKD", ch)
+                   if not unicodedata.combining(c))
 
 
 def _pattern(phrases: list[Phrase]) -> re.Pattern[str]:
