@@ -21,9 +21,20 @@ _KEY = "mailgate.known"
 _REGISTRY = (Editor, Agent, Site)
 
 
+@dataclass(frozen=True)
+class EditorRow:
+    """A registered editor as the mail path reads one: plain values, no ORM object."""
+
+    email: str
+    site_id: str
+    name: str
+    phone: str
+    language: str
+
+
 @dataclass
 class _Memo:
-    editors: dict[str, Editor | None] = field(default_factory=dict)
+    editors: dict[str, EditorRow | None] = field(default_factory=dict)
     agents: dict[str, Agent] | None = None
     sites: dict[str, str] | None = None  # site ID → name
 
@@ -68,11 +79,16 @@ def _memo(session: Session) -> _Memo:
     return memo
 
 
-def editor(session: Session, address: str) -> Editor | None:
+def editor(session: Session, address: str) -> EditorRow | None:
     memo = _memo(session)
     if address not in memo.editors:
-        memo.editors[address] = session.execute(
-            select(Editor).where(Editor.email == address)).scalar_one_or_none()
+        if _changing(session):  # what the session changed, before it is read
+            session.flush()
+        # Its columns on the session's connection: an ORM object cost more than the read.
+        row = session.connection().execute(
+            select(Editor.email, Editor.site_id, Editor.name, Editor.phone, Editor.language)
+            .where(Editor.email == address)).one_or_none()
+        memo.editors[address] = EditorRow(*row) if row is not None else None
     return memo.editors[address]
 
 
