@@ -24,7 +24,7 @@ from mailgate.app import App
 from mailgate.clock import Clock
 from mailgate.db import eventlog
 from mailgate.db.engine import is_unavailable, read_bytes, reading, transaction
-from mailgate.db.models import Event, Inbound, Ticket
+from mailgate.db.models import Inbound, Ticket
 from mailgate.db.status import InboundStatus
 from mailgate.logs import event
 from mailgate.mail.parse import UnparseableMail, parse
@@ -213,8 +213,8 @@ def _quarantine_in(session: Session, app: App, inbound_id: int, reason: str,
     row.trail = [*(row.trail or []), {"rule": "quarantine",
                                       "result": InboundStatus.QUARANTINED,
                                       "reason": reason[:2000]}]
-    session.add(Event(at=now, kind="inbound.quarantined", inbound_id=inbound_id,
-                      detail={"reason": reason[:2000], "detail": detail[:4000]}))
+    eventlog.record(session, now, "inbound.quarantined", inbound_id=inbound_id,
+                    detail={"reason": reason[:2000], "detail": detail[:4000]})
     return {"inbound": inbound_id, "message_id": row.message_id or None,
             "channel": row.channel, "kind": row.kind or None,
             "outcome": str(InboundStatus.QUARANTINED), "ticket": None,
@@ -273,5 +273,5 @@ def replay(session: Session, clock: Clock, inbound_id: int | None = None) -> int
         row.status, row.reason = InboundStatus.PENDING, ""
         row.trail = [*(row.trail or []), {"rule": "replay", "result": InboundStatus.PENDING,
                                           "reason": f"replayed at {now.isoformat()}"}]
-        session.add(Event(at=now, kind="inbound.replayed", inbound_id=row.id, detail={}))
+        eventlog.record(session, now, "inbound.replayed", inbound_id=row.id)
     return len(rows)

@@ -6,7 +6,10 @@ work and, on SQLite, an INSERT of its own (SQLite cannot return the ids of a mul
 INSERT in order, so the ORM writes one row at a time). Nothing reads the events of a
 transaction before it commits, so they are kept here as plain rows and written just before
 the commit: one statement for a worker's whole group. A savepoint that rolls back takes the
-events recorded inside it along (a quarantined mail leaves none of its work behind).
+events recorded inside it along (a quarantined mail leaves none of its work behind). Every
+event goes this way (but the sender's outcomes, one INSERT of its own), so within a
+transaction their ids keep the order in which they were recorded: `ticket show` lists them
+by id.
 """
 
 from __future__ import annotations

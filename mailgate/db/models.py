@@ -289,9 +289,8 @@ class Event(Base):
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    # Lets an event name the outbox row written with it before that row has its id: both
-    # go in the transaction's one flush (outbound/outbox.py), not a flush for the id first.
-    outbox: Mapped[Outbox | None] = relationship()
+    # Written at the commit, all of a transaction's at once (db/eventlog.py): the ids follow
+    # the order in which they were recorded.
 
 
 class AutoAnswer(Base):

@@ -15,7 +15,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import Event, Inbound, Ticket
+from mailgate.db import eventlog
+from mailgate.db.models import Inbound, Ticket
 from mailgate.db.status import InboundStatus
 from mailgate.mail.parse import ParsedMail
 from mailgate.tickets import access, agentwork, autoanswer, bounces, notify, service
@@ -127,9 +128,9 @@ def _looping(c: Context, ticket: Ticket, sender: str, text: str, passed_to: str)
     reason = f"the same text from {sender} {repeats + 1} times this hour on {ticket.ref} " \
              "(a loop)"
     # The shape of the loop brake's other answer.suppressed events (tickets/autoanswer.py).
-    c.session.add(Event(at=c.now, kind="answer.suppressed", ticket_id=ticket.id,
-                        inbound_id=c.inbound.id,
-                        detail={"to": passed_to, "kind": "relay", "reason": reason}))
+    eventlog.record(c.session, c.now, "answer.suppressed", ticket_id=ticket.id,
+                    inbound_id=c.inbound.id,
+                    detail={"to": passed_to, "kind": "relay", "reason": reason})
     return reason
 
 

@@ -30,7 +30,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import AutoAnswer, BouncingAddress, Event, Message
+from mailgate.db import eventlog
+from mailgate.db.models import AutoAnswer, BouncingAddress, Message
 
 WINDOW = timedelta(hours=1)
 SAME_TEXT_PER_HOUR = 3
@@ -80,9 +81,9 @@ def allow(session: Session, address: str, kind: str, now: datetime, per_hour: in
     session.add(AutoAnswer(address=address, at=now, kind=kind, suppressed=bool(reason),
                            inbound_id=inbound_id, digest=digest))
     if reason:
-        session.add(Event(at=now, kind="answer.suppressed", ticket_id=ticket_id,
-                          inbound_id=inbound_id,
-                          detail={"to": address, "kind": kind, "reason": reason}))
+        eventlog.record(session, now, "answer.suppressed", ticket_id=ticket_id,
+                        inbound_id=inbound_id,
+                        detail={"to": address, "kind": kind, "reason": reason})
     return not reason
 
 

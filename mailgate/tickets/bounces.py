@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.db.models import BouncingAddress, Event, Inbound, Outbox
+from mailgate.db import eventlog
+from mailgate.db.models import BouncingAddress, Inbound, Outbox
 from mailgate.db.status import OutboxStatus
 from mailgate.mail.addresses import is_valid_address
 
@@ -25,9 +26,9 @@ def record_bounce(session: Session, inbound: Inbound, *, original_ids: tuple[str
         row.last_error = f"bounced ({status or 'no status'}), inbound {inbound.id}"
         if not addresses:
             addresses.update(row.recipients.split(","))
-        session.add(Event(at=now, kind="outbox.bounced", ticket_id=row.ticket_id,
-                          inbound_id=inbound.id, outbox_id=row.id,
-                          detail={"status": status, "to": row.recipients}))
+        eventlog.record(session, now, "outbox.bounced", ticket_id=row.ticket_id,
+                        inbound_id=inbound.id, outbox=row,
+                        detail={"status": status, "to": row.recipients})
     if rows:
         for address in sorted(addresses):
             flag = session.get(BouncingAddress, address)

@@ -39,8 +39,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate import blobs
 from mailgate.config import Settings
+from mailgate.db import eventlog
 from mailgate.db.engine import reading, transaction
-from mailgate.db.models import Attachment, Blob, Event, Inbound, Message, Outbox, Setting, Ticket
+from mailgate.db.models import Attachment, Blob, Inbound, Message, Outbox, Setting, Ticket
 from mailgate.db.status import InboundStatus, OutboxStatus
 from mailgate.logs import event as log_event
 from mailgate.tickets.states import State
@@ -217,8 +218,8 @@ def _raw(session: Session, refs: dict[int, str], cutoff: datetime, days: int, no
         session.execute(update(Outbox).where(Outbox.id.in_([o for o, _t, _s in sent]))
                         .values(raw=b""))
     for ticket_id, what in per_ticket.items():
-        session.add(Event(at=now, kind="ticket.raw_purged", ticket_id=ticket_id,
-                          detail={**what, "raw_days": days, "by": BY}))
+        eventlog.record(session, now, "ticket.raw_purged", ticket_id=ticket_id,
+                        detail={**what, "raw_days": days, "by": BY})
         log_event(log, "raw mail purged", ticket=refs[ticket_id],
                   inbound=len(what["inbound"]), outbox=len(what["outbox"]),
                   bytes=what["bytes"], raw_days=days)
@@ -265,10 +266,10 @@ def _attachments(session: Session, settings: Settings, refs: dict[int, str], cut
         return
     blobs.purge(session, settings.attachments, gone)
     for ticket_id, digests_of in per_ticket.items():
-        session.add(Event(at=now, kind="ticket.attachments_purged", ticket_id=ticket_id,
-                          detail={"blobs": sorted(digests_of),
-                                  "bytes": sum(sizes[d] for d in digests_of),
-                                  "attachments_days": days, "by": BY}))
+        eventlog.record(session, now, "ticket.attachments_purged", ticket_id=ticket_id,
+                        detail={"blobs": sorted(digests_of),
+                                "bytes": sum(sizes[d] for d in digests_of),
+                                "attachments_days": days, "by": BY})
         log_event(log, "attachments purged", ticket=refs[ticket_id], blobs=len(digests_of),
                   bytes=sum(sizes[d] for d in digests_of), attachments_days=days)
 
