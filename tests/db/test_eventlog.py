@@ -14,6 +14,7 @@ from mailgate.db.engine import reading, transaction
 from mailgate.db.models import Event, Outbox
 from mailgate.outbound.compose import Outgoing
 from mailgate.outbound.outbox import enqueue
+from mailgate.tickets import autoanswer
 
 
 def _events(app: App) -> list[tuple[str, int | None, dict[str, Any]]]:
@@ -77,3 +78,15 @@ def test_a_rolled_back_transaction_writes_none(app: App) -> None:
     with transaction(app.sessions) as session:
         eventlog.record(session, app.clock.now(), "next")
     assert [k for k, _o, _d in _events(app)] == ["next"]
+
+
+def test_ids_follow_the_order_events_were_recorded_in(app: App) -> None:
+    """`ticket show` lists a ticket's events by id: the brake's suppressed answer between
+    two events of the same mail stays between them."""
+    with transaction(app.sessions) as session:
+        eventlog.record(session, app.clock.now(), "ticket.created")
+        assert not autoanswer.allow(session, "eva@site1234.example.be", "ack", app.clock.now(),
+                                    0, None)
+        eventlog.record(session, app.clock.now(), "inbound.ticket")
+    assert [k for k, _o, _d in _events(app)] == [
+        "ticket.created", "answer.suppressed", "inbound.ticket"]
