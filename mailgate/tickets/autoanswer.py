@@ -27,7 +27,7 @@ import hashlib
 import re
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from mailgate.db import eventlog
@@ -48,6 +48,15 @@ def text_digest(subject: str, text: str) -> str:
     return hashlib.sha256(f"{norm(subject)}\n{norm(text)}".encode()).hexdigest()
 
 
+# Built once (a statement object keeps its cache key); the values are bound at each use.
+_LAST_BOUNCE = select(BouncingAddress.last_at).where(
+    BouncingAddress.address == bindparam("address"))
+_COUNTS = (select(func.count(), func.coalesce(func.sum(
+    case((AutoAnswer.digest == bindparam("digest"), 1), else_=0)), 0))
+    .where(AutoAnswer.address == bindparam("address"), AutoAnswer.at > bindparam("since"),
+           AutoAnswer.suppressed.is_(False)))
+
+
 def bouncing(session: Session, address: str, now: datetime) -> bool:
     # The session's own copy if it has one (a bounce this transaction recorded), else one
     # column read on its connection: most addresses have no row, and the ORM's lookup of a
@@ -56,7 +65,7 @@ def bouncing(session: Session, address: str, now: datetime) -> bool:
         (o for o in session.new if isinstance(o, BouncingAddress) and o.address == address),
         None)
     last_at = flag.last_at if flag is not None else session.connection().execute(
-        select(BouncingAddress.last_at).where(BouncingAddress.address == address)).scalar()
+        _LAST_BOUNCE, {"address": address}).scalar()
     return last_at is not None and last_at > now - BOUNCE_MEMORY
 
 
@@ -67,10 +76,7 @@ def allow(session: Session, address: str, kind: str, now: datetime, per_hour: in
     # Both counts in one look: all answers to the address this hour, and those to this text;
     # on the session's connection (no autoflush), adding the answers not yet flushed.
     sent, same = session.connection().execute(
-        select(func.count(),
-               func.coalesce(func.sum(case((AutoAnswer.digest == digest, 1), else_=0)), 0))
-        .where(AutoAnswer.address == address, AutoAnswer.at > since,
-               AutoAnswer.suppressed.is_(False))).one()
+        _COUNTS, {"digest": digest, "address": address, "since": since}).one()
     for o in session.new:
         if (isinstance(o, AutoAnswer) and o.address == address and o.at > since
                 and not o.suppressed):

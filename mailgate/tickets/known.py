@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import event, select
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from mailgate.db.models import Agent, Editor, Site
@@ -30,6 +30,11 @@ class EditorRow:
     name: str
     phone: str
     language: str
+
+
+# Built once: a statement object keeps its cache key.
+_EDITOR = select(Editor.email, Editor.site_id, Editor.name, Editor.phone,
+                 Editor.language).where(Editor.email == bindparam("address"))
 
 
 @dataclass
@@ -85,9 +90,7 @@ def editor(session: Session, address: str) -> EditorRow | None:
         if _changing(session):  # what the session changed, before it is read
             session.flush()
         # Its columns on the session's connection: an ORM object cost more than the read.
-        row = session.connection().execute(
-            select(Editor.email, Editor.site_id, Editor.name, Editor.phone, Editor.language)
-            .where(Editor.email == address)).one_or_none()
+        row = session.connection().execute(_EDITOR, {"address": address}).one_or_none()
         memo.editors[address] = EditorRow(*row) if row is not None else None
     return memo.editors[address]
 

@@ -37,15 +37,19 @@ from mailgate.tickets.text import display_text
 _TICKET_NUMBERS = Sequence("ticket_number_seq")
 
 
+# Built once: a statement object keeps its cache key, one built per call computes it anew.
+_NEXT_FROM_SEQUENCE = select(_TICKET_NUMBERS.next_value())
+_NEXT_FROM_COUNTER = (update(Counter).where(Counter.name == "ticket")
+                      .values(value=Counter.value + 1).returning(Counter.value))
+
+
 def next_number(session: Session) -> int:
     # On the session's connection, not through the ORM: no object is loaded or changed, and
     # the ORM's bulk-update machinery cost more than the statement (bench/mix.py --profile).
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        return int(conn.execute(select(_TICKET_NUMBERS.next_value())).scalar_one())
+    postgresql = conn.dialect.name == "postgresql"
     return int(conn.execute(
-        update(Counter).where(Counter.name == "ticket").values(value=Counter.value + 1)
-        .returning(Counter.value)).scalar_one())
+        _NEXT_FROM_SEQUENCE if postgresql else _NEXT_FROM_COUNTER).scalar_one())
 
 
 def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
