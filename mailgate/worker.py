@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import bindparam, select
 from sqlalchemy import event as sa_event
-from sqlalchemy import select
 from sqlalchemy.orm import Session, defer
 
 from mailgate.app import App
@@ -61,15 +61,18 @@ def _hold(session: Session) -> None:
         sa_event.listen(session, "loaded_as_persistent", lambda _s, obj: held.append(obj))
 
 
+# Built once: a statement object keeps its cache key.
+_PENDING_ROW = (select(Inbound).options(defer(Inbound.raw))
+                .where(Inbound.id == bindparam("id"), Inbound.status == InboundStatus.PENDING)
+                .with_for_update(skip_locked=True))
+
+
 def _process(session: Session, app: App, desk: Desk, inbound_id: int
              ) -> tuple[InboundStatus, dict[str, Any]] | None:
     """Processes one pending row inside the caller's transaction: its new status and its log
     line, or None if another worker has it."""
     _hold(session)
-    row = session.execute(
-        select(Inbound).options(defer(Inbound.raw))
-        .where(Inbound.id == inbound_id, Inbound.status == InboundStatus.PENDING)
-        .with_for_update(skip_locked=True)).scalar_one_or_none()
+    row = session.execute(_PENDING_ROW, {"id": inbound_id}).scalar_one_or_none()
     if row is None:
         return None
     # The raw mail read with one copy in memory, and let go before the attachments
