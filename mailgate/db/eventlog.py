@@ -51,6 +51,7 @@ def _pending(session: Session) -> list[_Pending]:
         pending = session.info[_KEY] = []
         event.listen(session, "before_commit", _write)
         event.listen(session, "after_soft_rollback", _rolled_back)
+        event.listen(session, "after_transaction_end", _ended)
     return pending
 
 
@@ -81,3 +82,11 @@ def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -
 def _rolled_back(session: Session, previous: SessionTransaction) -> None:
     pending: list[_Pending] = session.info.get(_KEY) or []
     pending[:] = [p for p in pending if not _within(p.during, previous)]
+
+
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    # However the outermost transaction ended (a session closed without a commit, too),
+    # nothing of it is carried into the session's next one.
+    if transaction.parent is None:
+        pending: list[_Pending] = session.info.get(_KEY) or []
+        pending.clear()

@@ -90,3 +90,15 @@ def test_ids_follow_the_order_events_were_recorded_in(app: App) -> None:
         eventlog.record(session, app.clock.now(), "inbound.ticket")
     assert [k for k, _o, _d in _events(app)] == [
         "ticket.created", "answer.suppressed", "inbound.ticket"]
+
+
+def test_a_session_closed_without_a_commit_carries_nothing_into_its_next_transaction(
+        app: App) -> None:
+    session = app.sessions()
+    session.begin()
+    eventlog.record(session, app.clock.now(), "never")
+    session.close()
+    with session.begin():
+        eventlog.record(session, app.clock.now(), "next")
+    session.close()
+    assert [k for k, _o, _d in _events(app)] == ["next"]
