@@ -72,8 +72,11 @@ def _on_execute(state: ORMExecuteState) -> None:
 
 
 def _memo(session: Session) -> _Memo:
+    changing = _changing(session)
+    if changing:  # written first: the reads below go to the connection, without autoflush
+        session.flush()
     memo = session.info.get(_KEY)
-    if memo is None or _changing(session):
+    if memo is None or changing:
         if not session.info.get(_KEY + ".listening"):
             session.info[_KEY + ".listening"] = True
             event.listen(session, "after_flush", _after_flush)
@@ -87,8 +90,6 @@ def _memo(session: Session) -> _Memo:
 def editor(session: Session, address: str) -> EditorRow | None:
     memo = _memo(session)
     if address not in memo.editors:
-        if _changing(session):  # what the session changed, before it is read
-            session.flush()
         # Its columns on the session's connection: an ORM object cost more than the read.
         row = session.connection().execute(_EDITOR, {"address": address}).one_or_none()
         memo.editors[address] = EditorRow(*row) if row is not None else None
