@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
-from mailgate.db import eventlog
+from mailgate.db import deferred, eventlog
 from mailgate.db.models import AutoAnswer, BouncingAddress, Message
 
 WINDOW = timedelta(hours=1)
@@ -74,18 +74,18 @@ def allow(session: Session, address: str, kind: str, now: datetime, per_hour: in
     """True if this automatic mail may go; records it either way."""
     since = now - WINDOW
     # Both counts in one look: all answers to the address this hour, and those to this text;
-    # on the session's connection (no autoflush), adding the answers not yet flushed.
+    # on the session's connection, adding the answers recorded but not written yet.
     sent, same = session.connection().execute(
         _COUNTS, {"digest": digest, "address": address, "since": since}).one()
-    for o in session.new:
-        if (isinstance(o, AutoAnswer) and o.address == address and o.at > since
-                and not o.suppressed):
-            sent, same = sent + 1, same + (o.digest == digest)
+    for o in deferred.pending(session, AutoAnswer):
+        if o["address"] == address and o["at"] > since and not o["suppressed"]:
+            sent, same = sent + 1, same + (o["digest"] == digest)
     reason = f"{per_hour} automatic mails an hour reached" if sent >= per_hour else ""
     if not reason and digest and same >= SAME_TEXT_PER_HOUR:
         reason = f"the same text answered {same} times this hour (a loop)"
-    session.add(AutoAnswer(address=address, at=now, kind=kind, suppressed=bool(reason),
-                           inbound_id=inbound_id, digest=digest))
+    deferred.add(session, AutoAnswer, {"address": address, "at": now, "kind": kind,
+                                       "suppressed": bool(reason), "inbound_id": inbound_id,
+                                       "digest": digest})
     if reason:
         eventlog.record(session, now, "answer.suppressed", ticket_id=ticket_id,
                         inbound_id=inbound_id,

@@ -27,7 +27,7 @@ def record_bounce(session: Session, inbound: Inbound, *, original_ids: tuple[str
         if not addresses:
             addresses.update(row.recipients.split(","))
         eventlog.record(session, now, "outbox.bounced", ticket_id=row.ticket_id,
-                        inbound_id=inbound.id, outbox=row,
+                        inbound_id=inbound.id, outbox_id=row.id,
                         detail={"status": status, "to": row.recipients})
     if rows:
         for address in sorted(addresses):

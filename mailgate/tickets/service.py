@@ -10,7 +10,7 @@ from sqlalchemy import Sequence, select, update
 from sqlalchemy.orm import Session
 
 from mailgate import blobs
-from mailgate.db import eventlog
+from mailgate.db import deferred, eventlog
 from mailgate.db.models import (
     Attachment,
     Counter,
@@ -211,14 +211,17 @@ def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
 
 def send(session: Session, out: Outgoing, kind: str, ticket: Ticket | None,
           inbound: Inbound | None, body: str) -> None:
-    row = enqueue(session, out, kind, ticket_id=ticket.id if ticket else None,
-                  inbound_id=inbound.id if inbound else None)
+    enqueue(session, out, kind, ticket_id=ticket.id if ticket else None,
+            inbound_id=inbound.id if inbound else None)
     if ticket is not None:
-        session.add(Message(
-            ticket_id=ticket.id, inbound_id=None, direction="out", kind=kind,
-            from_addr=out.from_addr, to_addrs=",".join(out.to), cc_addrs=",".join(out.cc),
-            subject=out.subject, message_id=row.message_id, body_text=body,
-            created_at=out.date or ticket.updated_at))
+        # Its copy on the ticket, written at the commit with the outbox row
+        # (editor_thread reads the ones not written yet).
+        deferred.add(session, Message, {
+            "ticket_id": ticket.id, "inbound_id": None, "direction": "out", "kind": kind,
+            "from_addr": out.from_addr, "to_addrs": ",".join(out.to),
+            "cc_addrs": ",".join(out.cc), "subject": out.subject,
+            "message_id": out.message_id, "body_text": body,
+            "created_at": out.date or ticket.updated_at})
 
 
 def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
@@ -290,9 +293,11 @@ PERSON_KINDS = ("request", "follow-up")
 def editor_thread(session: Session, ticket: Ticket) -> tuple[str, tuple[str, ...]]:
     """In-Reply-To and References that put an answer into the editor's thread: the last
     mail from the requester, after the first request and what we sent the editor."""
-    rows = session.execute(
+    rows = [*session.execute(
         select(Message.message_id, Message.direction, Message.from_addr, Message.kind)
-        .where(Message.ticket_id == ticket.id).order_by(Message.id)).all()
+        .where(Message.ticket_id == ticket.id).order_by(Message.id)),
+        *((m["message_id"], m["direction"], m["from_addr"], m["kind"])
+          for m in deferred.pending(session, Message) if m["ticket_id"] == ticket.id)]
     # The editor's own mails only: never thread onto their out-of-office or a bounce.
     ids = [mid for mid, direction, sender, kind in rows if mid and (
         (direction == "in" and sender == ticket.requester and kind in PERSON_KINDS)

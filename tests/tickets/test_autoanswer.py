@@ -1,5 +1,5 @@
-"""tickets/autoanswer.py reads on the session's connection, without an autoflush: what the
-transaction added and has not flushed yet still counts."""
+"""tickets/autoanswer.py reads on the session's connection: what the transaction recorded
+and has not written yet (db/deferred.py writes it at the commit) still counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from mailgate.app import App
 from mailgate.db.engine import transaction
-from mailgate.db.models import BouncingAddress
+from mailgate.db import deferred
+from mailgate.db.models import AutoAnswer, BouncingAddress
 from mailgate.tickets import autoanswer
 
 EVA = "eva@site1234.example.be"
@@ -18,7 +19,8 @@ def test_answers_not_yet_flushed_count_against_the_limit(app: App) -> None:
     with transaction(app.sessions) as session:
         assert autoanswer.allow(session, EVA, "ack", now, 2, None, digest="a")
         assert autoanswer.allow(session, EVA, "ack", now, 2, None, digest="b")
-        assert len(session.new) == 2  # not flushed yet
+        session.flush()
+        assert len(list(deferred.pending(session, AutoAnswer))) == 2  # not written yet
         assert not autoanswer.allow(session, EVA, "ack", now, 2, None, digest="c")
         assert autoanswer.allow(session, "jan@site1234.example.be", "ack", now, 2, None)
     with transaction(app.sessions) as session:  # and once flushed and committed, as well
