@@ -62,19 +62,23 @@ def _hold(session: Session) -> None:
 
 
 # Built once: a statement object keeps its cache key.
-_PENDING_ROW = (select(Inbound).options(defer(Inbound.raw))
-                .where(Inbound.id == bindparam("id"), Inbound.status == InboundStatus.PENDING)
-                .with_for_update(skip_locked=True))
+_PENDING_ROWS = (select(Inbound).options(defer(Inbound.raw))
+                 .where(Inbound.id.in_(bindparam("ids", expanding=True)),
+                        Inbound.status == InboundStatus.PENDING)
+                 .with_for_update(skip_locked=True))
 
 
-def _process(session: Session, app: App, desk: Desk, inbound_id: int
-             ) -> tuple[InboundStatus, dict[str, Any]] | None:
-    """Processes one pending row inside the caller's transaction: its new status and its log
-    line, or None if another worker has it."""
+def _claim(session: Session, ids: list[int]) -> dict[int, Inbound]:
+    """The rows of ``ids`` still pending that no other worker has, locked until the commit
+    (on PostgreSQL; SQLite has one writer), in one statement."""
     _hold(session)
-    row = session.execute(_PENDING_ROW, {"id": inbound_id}).scalar_one_or_none()
-    if row is None:
-        return None
+    return {row.id: row for row in session.execute(_PENDING_ROWS, {"ids": ids}).scalars()}
+
+
+def _process(session: Session, app: App, desk: Desk, row: Inbound
+             ) -> tuple[InboundStatus, dict[str, Any]]:
+    """Processes one claimed row inside the caller's transaction: its new status and its log
+    line."""
     # The raw mail read with one copy in memory, and let go before the attachments
     # are stored and the row is updated (which on SQLite rewrites the row, raw and
     # all): a big mail's peak is then ~3x its size, not ~7x (bench/memory.py).
@@ -118,9 +122,10 @@ def process_one(app: App, inbound_id: int) -> InboundStatus | None:
         # write it, and a second write transaction in this thread would wait on the first.
         desk = app.desk
         with transaction(app.sessions) as session:
-            done = _process(session, app, desk, inbound_id)
-        if done is None:
-            return None
+            row = _claim(session, [inbound_id]).get(inbound_id)
+            if row is None:
+                return None
+            done = _process(session, app, desk, row)
         event(log, "inbound processed", **done[1])  # once committed: one line per mail
         return done[0]
     except Exception as exc:
@@ -148,18 +153,22 @@ _committed_in_process = 0
 
 def _process_group(app: App, ids: list[int], should_yield: Callable[[], bool] | None
                    ) -> list[tuple[int, InboundStatus]]:
-    """Processes rows of `ids` in one transaction, each in a savepoint, until the group is
-    full or old enough; returns (id, status) of the rows it took (not those another worker
-    had). The rest of `ids` was not touched."""
+    """Processes the first GROUP_MAX rows of `ids` in one transaction, each in a savepoint,
+    until the group is full or old enough; returns (id, status) of the rows it took (not
+    those another worker had). The rest of `ids` was not touched."""
     desk = app.desk
     taken: list[tuple[int, InboundStatus]] = []
     lines: list[tuple[str, int, dict[str, Any]]] = []
     started = time.monotonic()
     with transaction(app.sessions) as session:
-        for inbound_id in ids:
+        rows = _claim(session, ids[:GROUP_MAX])
+        for inbound_id in ids[:GROUP_MAX]:
+            row = rows.get(inbound_id)
+            if row is None:
+                continue  # another worker has it
             try:
                 with session.begin_nested():
-                    done = _process(session, app, desk, inbound_id)
+                    done = _process(session, app, desk, row)
             except Exception as exc:
                 if is_unavailable(exc):
                     raise
@@ -167,9 +176,8 @@ def _process_group(app: App, ids: list[int], should_yield: Callable[[], bool] | 
                 taken.append((inbound_id, InboundStatus.QUARANTINED))
                 lines.append(("inbound quarantined", logging.WARNING, line))
             else:
-                if done is not None:
-                    taken.append((inbound_id, done[0]))
-                    lines.append(("inbound processed", logging.INFO, done[1]))
+                taken.append((inbound_id, done[0]))
+                lines.append(("inbound processed", logging.INFO, done[1]))
             if (len(taken) >= GROUP_MAX or time.monotonic() - started >= GROUP_SECONDS
                     or (should_yield is not None and should_yield())):
                 break
@@ -248,7 +256,7 @@ def process_pending(app: App, limit: int | None = None,
             else:
                 taken = _process_group(app, ids, should_yield)
                 # Rows another worker had are skipped without a trace; up to the last taken.
-                tried = ids.index(taken[-1][0]) + 1 if taken else len(ids)
+                tried = ids.index(taken[-1][0]) + 1 if taken else min(len(ids), GROUP_MAX)
             ids = ids[tried:]
             if not taken:
                 continue
