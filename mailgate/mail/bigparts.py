@@ -35,7 +35,7 @@ _WINDOW = 1 << 20
 # match runs to the end of the block, so the scan is linear.
 _BLOCK = re.compile(rb"[A-Za-z0-9+/\r\n]{64,}")
 _BLANK = re.compile(rb"\n\n|\r\r|\n\r")  # a blank line: it would end a header block
-_SPACE = re.compile(rb"[ \t\r\n]+")
+_SPACE = b" \t\r\n"  # deleted with bytes.translate: ~10x a regex's speed on base64
 _B64_TEXT = re.compile(r"[A-Za-z0-9+/ \t\r\n]*={0,2}[ \t\r\n]*")
 _NESTED = ("message/",)
 
@@ -69,6 +69,8 @@ def runs(raw: bytes) -> list[tuple[int, int]]:
     blank line, at least MIN_RUN bytes): from the start of its first line to the end of its
     last line's text (its line ending not included)."""
     found: list[tuple[int, int]] = []
+    if len(raw) < MIN_RUN:
+        return found
     for m in _BLOCK.finditer(raw):
         start, end = m.span()
         if end - start < MIN_RUN:
@@ -167,7 +169,7 @@ def decoded(part: Message) -> bytes | None:
             for window in range(start, end, _WINDOW):
                 carry = _feed(out, carry, view[window:min(window + _WINDOW, end)])
             at = m.end()
-        tail = _SPACE.sub(b"", carry + payload[at:].encode("ascii"))
+        tail = (carry + payload[at:].encode("ascii")).translate(None, _SPACE)
         if len(tail) % 4:
             raise binascii.Error("padding")
         out.write(base64.b64decode(tail, validate=True))
@@ -184,7 +186,7 @@ def decoded(part: Message) -> bytes | None:
 def _feed(out: io.BytesIO, carry: bytes, data: bytes | memoryview) -> bytes:
     """Decodes the whole groups of four of carry + data into `out`; returns what is left.
     Padding is only allowed at the very end (in the tail `decoded` checks itself)."""
-    chunk = _SPACE.sub(b"", carry + bytes(data))
+    chunk = (carry + bytes(data)).translate(None, _SPACE)
     whole = len(chunk) - len(chunk) % 4
     if b"=" in chunk[:whole]:
         raise binascii.Error("padding inside the data")

@@ -54,7 +54,7 @@ _DIGITS = re.compile(r"\d+")
 # dropped first, because _ADDRESS and _PATH backtrack over such a run quadratically (a 20 KB
 # token took seconds of the worker; the listener takes lines of up to 64 KiB).
 _LONG_TOKEN = re.compile(r"\S{200,}")
-_LETTER = re.compile(r"[^\W\d_]")
+_NOT_LETTER = re.compile(r"[\W\d_]+")
 
 _SEPARATOR = re.compile(r"^\s*(?:--|__)\s*$")
 _CLOSING = re.compile(
@@ -113,12 +113,13 @@ def detect(text: str) -> str | None:
 def _own_text(text: str) -> str:
     """Steps 1–5 of the module's rule: the text the detector is given."""
     lines: list[str] = []
-    for line in text[:MAX_SCAN].splitlines():
-        if line.lstrip().startswith(">"):
+    originals = text[:MAX_SCAN].splitlines()
+    cleaned = _without_links("\n".join(originals)).split("\n") if originals else []
+    for original, line in zip(originals, cleaned, strict=True):
+        if original.lstrip().startswith(">"):
             continue
-        if _SEPARATOR.match(line):
+        if _SEPARATOR.match(original):
             break
-        line = _PATH.sub(" ", _ADDRESS.sub(" ", _URL.sub(" ", _LONG_TOKEN.sub(" ", line))))
         if _TRACE.search(line) or _mostly_symbols(line):
             continue
         lines.append(line)
@@ -132,14 +133,20 @@ def _own_text(text: str) -> str:
     return _DIGITS.sub(" ", own)[:MAX_CHARS]
 
 
+def _without_links(text: str) -> str:
+    """URLs, addresses, paths, host names and long tokens replaced by a space; over the
+    whole text at once, as none of them crosses a line."""
+    return _PATH.sub(" ", _ADDRESS.sub(" ", _URL.sub(" ", _LONG_TOKEN.sub(" ", text))))
+
+
 def _letters(text: str) -> int:
-    return len(_LETTER.findall(text))
+    return len(_NOT_LETTER.sub("", text))
 
 
 def _mostly_symbols(line: str) -> bool:
     """A line whose visible characters are less than 60 % letters (a phone number, a log
     line, a table rule), blank lines excepted."""
-    visible = len(line) - sum(ch.isspace() for ch in line)
+    visible = len("".join(line.split()))
     return visible > 0 and _letters(line) < 0.6 * visible
 
 
