@@ -234,6 +234,15 @@ class WorkerSettings:
     # number of CPUs (at most 4) on PostgreSQL, where workers claim rows without waiting on
     # each other.
     processes: int = 0
+    # A helper process that parses the next mails while the worker writes (parse_ahead.py):
+    # "auto" = on SQLite with two CPUs or more (one writer, which used one core), off on
+    # PostgreSQL (its worker processes use the cores); "on"; "off".
+    parse_ahead: str = "auto"
+
+    def parses_ahead(self, database_url: str) -> bool:
+        if self.parse_ahead != "auto":
+            return self.parse_ahead == "on"
+        return database_url.startswith("sqlite") and (os.cpu_count() or 1) >= 2
 
     def process_count(self, database_url: str) -> int:
         if self.processes:
@@ -557,6 +566,8 @@ def _validate(s: Settings) -> None:
     _positive("worker.batch_size", s.worker.batch_size)
     _check(0 <= s.worker.processes <= 64, "worker.processes",
            f"must be 0 (by the database) to 64, got {s.worker.processes}")
+    _check(s.worker.parse_ahead in ("auto", "on", "off"), "worker.parse_ahead",
+           f'must be "auto", "on" or "off", got {s.worker.parse_ahead!r}')
     if s.metrics.listen:
         _check(bool(re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}", s.metrics.listen))
                and s.metrics.address[1] < 65536, "metrics.listen",

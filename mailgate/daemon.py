@@ -36,6 +36,7 @@ from mailgate.inbound.smtp import DeskHandler, Listener, smtp_factory
 from mailgate.inbound.store import Arrival, Stored, store_raw
 from mailgate.mail import language
 from mailgate.outbound import sender
+from mailgate.parse_ahead import ParseAhead
 from mailgate.tickets import lifecycle
 from mailgate.worker_processes import WorkerProcesses
 
@@ -104,6 +105,7 @@ class Daemon:
         self._send: asyncio.Event | None = None
         self._sweep: asyncio.Event | None = None
         self.processes: WorkerProcesses | None = None
+        self.ahead: ParseAhead | None = None
 
     # Called from any thread (SMTP handler, IMAP poller threads, scheduler).
     def wake_worker(self) -> None:
@@ -189,7 +191,8 @@ class Daemon:
             self._work.clear()
             try:
                 result = await asyncio.to_thread(
-                    worker.process_pending, self.app, None, self.intake.busy, self.wake_sender)
+                    worker.process_pending, self.app, None, self.intake.busy, self.wake_sender,
+                    self.ahead)
             except Exception:
                 log.exception("worker pass failed; retrying on the next pass")
                 continue
@@ -273,6 +276,9 @@ class Daemon:
         elif extra > 0:
             self.processes = WorkerProcesses(extra, self.config_path, self.wake_sender)
             self.processes.start()
+        if s.worker.parses_ahead(s.database.url):
+            self.ahead = ParseAhead(s.database)
+            self.ahead.start()
         tasks = [asyncio.create_task(self._worker_loop(), name="worker"),
                  asyncio.create_task(self._sender_loop(), name="sender"),
                  asyncio.create_task(self._sweep_loop(), name="sweep")]
@@ -322,6 +328,8 @@ class Daemon:
             await asyncio.gather(*tasks, warm, return_exceptions=True)
             if self.processes is not None:
                 await asyncio.to_thread(self.processes.stop)
+            if self.ahead is not None:
+                await asyncio.to_thread(self.ahead.close)
             await self._final_flush()
             self.app.close()
             log.info("stopped")

@@ -28,6 +28,7 @@ from mailgate.db.models import Inbound, Ticket
 from mailgate.db.status import InboundStatus
 from mailgate.logs import event
 from mailgate.mail.parse import UnparseableMail, parse
+from mailgate.parse_ahead import ParseAhead
 from mailgate.tickets import facts
 from mailgate.tickets.apply import Context, apply
 from mailgate.tickets.desk import Desk
@@ -75,15 +76,16 @@ def _claim(session: Session, ids: list[int]) -> dict[int, Inbound]:
     return {row.id: row for row in session.execute(_PENDING_ROWS, {"ids": ids}).scalars()}
 
 
-def _process(session: Session, app: App, desk: Desk, row: Inbound
-             ) -> tuple[InboundStatus, dict[str, Any]]:
+def _process(session: Session, app: App, desk: Desk, row: Inbound,
+             ahead: ParseAhead | None = None) -> tuple[InboundStatus, dict[str, Any]]:
     """Processes one claimed row inside the caller's transaction: its new status and its log
     line."""
     # The raw mail read with one copy in memory, and let go before the attachments
     # are stored and the row is updated (which on SQLite rewrites the row, raw and
     # all): a big mail's peak is then ~3x its size, not ~7x (bench/memory.py).
     raw = read_bytes(session, "inbound", "raw", row.id)
-    mail = parse(raw, row.envelope_from)  # the sender of last resort
+    mail = (ahead.take(row.id) if ahead is not None else None) \
+        or parse(raw, row.envelope_from)  # the sender of last resort
     found = facts.gather(session, desk, mail, raw,
                          tuple(a for a in row.envelope_to.split(",") if a))
     del raw
@@ -151,8 +153,8 @@ _WARM_AFTER = 50
 _committed_in_process = 0
 
 
-def _process_group(app: App, ids: list[int], should_yield: Callable[[], bool] | None
-                   ) -> list[tuple[int, InboundStatus]]:
+def _process_group(app: App, ids: list[int], should_yield: Callable[[], bool] | None,
+                   ahead: ParseAhead | None) -> list[tuple[int, InboundStatus]]:
     """Processes the first GROUP_MAX rows of `ids` in one transaction, each in a savepoint,
     until the group is full or old enough; returns (id, status) of the rows it took (not
     those another worker had). The rest of `ids` was not touched."""
@@ -168,7 +170,7 @@ def _process_group(app: App, ids: list[int], should_yield: Callable[[], bool] | 
                 continue  # another worker has it
             try:
                 with session.begin_nested():
-                    done = _process(session, app, desk, row)
+                    done = _process(session, app, desk, row, ahead)
             except Exception as exc:
                 if is_unavailable(exc):
                     raise
@@ -242,11 +244,16 @@ def _step_aside(should_yield: Callable[[], bool], limit: float = 2.0) -> None:
 
 def process_pending(app: App, limit: int | None = None,
                     should_yield: Callable[[], bool] | None = None,
-                    on_processed: Callable[[], None] | None = None) -> BatchResult:
+                    on_processed: Callable[[], None] | None = None,
+                    ahead: ParseAhead | None = None) -> BatchResult:
+    """Processes pending mail, a batch at a time. ``ahead``: a helper process that parses
+    the batch's mails while the worker writes (parse_ahead.py)."""
     global _committed_in_process
     processed = quarantined = 0
     try:
         ids = pending_ids(app, limit or app.settings.worker.batch_size)
+        if ahead is not None and _committed_in_process >= _WARM_AFTER:
+            ahead.submit(ids)
         while ids:
             if should_yield is not None:
                 _step_aside(should_yield)
@@ -254,7 +261,7 @@ def process_pending(app: App, limit: int | None = None,
                 status = process_one(app, ids[0])
                 taken, tried = ([(ids[0], status)] if status is not None else []), 1
             else:
-                taken = _process_group(app, ids, should_yield)
+                taken = _process_group(app, ids, should_yield, ahead)
                 # Rows another worker had are skipped without a trace; up to the last taken.
                 tried = ids.index(taken[-1][0]) + 1 if taken else min(len(ids), GROUP_MAX)
             ids = ids[tried:]
@@ -270,6 +277,9 @@ def process_pending(app: App, limit: int | None = None,
             raise
         log.warning("storage unavailable, processing paused: %s", str(exc).splitlines()[0])
         return BatchResult(processed, quarantined, stopped_by_outage=True)
+    finally:
+        if ahead is not None:
+            ahead.forget()
     return BatchResult(processed, quarantined)
 
 

@@ -41,6 +41,8 @@ def test_defaults_are_the_embedded_setup() -> None:
     ({"deliver": {"handoff": "sometimes"}}, "deliver.handoff"),
     ({"deliver": {"handoff": True}}, "deliver.handoff"),
     ({"deliver": {"hand_off": "never"}}, "deliver.hand_off"),
+    ({"worker": {"parse_ahead": "maybe"}}, "worker.parse_ahead"),
+    ({"worker": {"parse_ahead": True}}, "worker.parse_ahead"),
     ({"smtp": {"tls_cert": "/nonexistent/cert.pem"}}, "smtp.tls_key"),
     ({"smtp": {"tls_cert": "/nonexistent/cert.pem", "tls_key": "/nonexistent/key.pem"}},
      "smtp.tls_cert"),
