@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from mailgate.app import App
-from mailgate.db.engine import transaction
 from mailgate.db import deferred
+from mailgate.db.engine import transaction
 from mailgate.db.models import AutoAnswer, BouncingAddress
 from mailgate.tickets import autoanswer
 
