@@ -30,10 +30,11 @@ ALLOWED: dict[str, set[str]] = {
     "tickets": BASE | {"mail", "db", "blobs", "outbound"},
     "inbound": BASE | {"mail", "db"},    # a way in gets callables, never the worker
     "app": BASE | {"mail", "db", "outbound", "tickets"},
-    "worker": BASE | {"mail", "db", "tickets", "app"},
+    "parse_ahead": BASE | {"mail", "db"},   # the helper that parses for the worker
+    "worker": BASE | {"mail", "db", "tickets", "app", "parse_ahead"},
     "worker_processes": BASE | {"mail", "app", "worker"},  # `mailgate work` beside the daemon
     "daemon": BASE | {"mail", "db", "outbound", "tickets", "inbound", "app", "worker",
-                      "worker_processes", "scheduler", "systemd", "metrics"},
+                      "worker_processes", "parse_ahead", "scheduler", "systemd", "metrics"},
     "metrics": BASE | {"db", "app", "tickets"},  # reads the daemon through a Protocol
     "doctor": BASE | {"db", "outbound", "inbound"},
     "stats": {"db", "views"},

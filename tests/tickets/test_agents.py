@@ -9,6 +9,7 @@ structure, headers and values, not the wording of the templates."""
 from __future__ import annotations
 
 import hashlib
+import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any, cast
@@ -85,7 +86,10 @@ def _leaks(raw: bytes, addresses: tuple[str, ...] = (AGENT, BEA)) -> list[str]:
     for part in msg.walk():
         if part.get_content_maintype() == "text":
             texts.append(part.get_content())
-    return sorted({a for a in addresses for t in texts if a in t.lower()})
+    # Whole addresses only: a Message-ID's hex MAC that ends in "bea" before "@desk.example"
+    # is no leak of bea@desk.example (it made this test fail 1 time in ~4,000).
+    return sorted({a for a in addresses for t in texts
+                   if re.search(rf"(?<![\w.+-]){re.escape(a)}", t.lower())})
 
 
 def _png_parts(msg: EmailMessage) -> list[bytes]:
