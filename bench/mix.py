@@ -503,12 +503,17 @@ class MixLoad:
 
 
 def wait_done(proc: subprocess.Popen[bytes], engine: Engine, watch: AckWatch,
-              expected_acks: int) -> tuple[float | None, str]:
-    """Until every expected ack arrived and nothing is pending: (monotonic end, why not)."""
+              expected_acks: int, marks: dict[str, float] | None = None
+              ) -> tuple[float | None, str]:
+    """Until every expected ack arrived and nothing is pending: (monotonic end, why not).
+    ``marks["processed"]``: when no inbound row was pending any more (the worker done; the
+    rest of the time is the sender's)."""
     progress, last_change = (-1, -1), time.monotonic()
     deadline = time.monotonic() + PHASE_TIMEOUT
     while True:
         left = pending(engine)
+        if left == 0 and marks is not None:
+            marks.setdefault("processed", time.monotonic())
         acks = len(watch.acks)
         if acks >= expected_acks and left == 0:
             last_ack = max((a.at for a in watch.acks.values()), default=time.monotonic())
@@ -606,7 +611,8 @@ def run_drain(args: argparse.Namespace) -> None:
         stack.callback(watch.stop)
         cpu0 = cpu_seconds(proc.pid)
         start = store_backlog(setup.config, [r.raw for r in requests])
-        end, stopped = wait_done(proc, engine, watch, len(requests))
+        marks: dict[str, float] = {}
+        end, stopped = wait_done(proc, engine, watch, len(requests), marks)
         cpu = cpu_seconds(proc.pid) - cpu0
         rss = tree_peak_rss_mib(proc.pid)
         daemon_log = tail(setup.log_path)
@@ -614,6 +620,9 @@ def run_drain(args: argparse.Namespace) -> None:
     log(f"drain            {len(watch.acks)}/{len(requests)} acks after "
         f"{fmt(end - start if end else None)}: {fmt(per_s, ' tickets/s', 1)} (goal >= 150: "
         f"{'met' if per_s >= 150 else 'missed'})")
+    if "processed" in marks:
+        log(f"worker           none pending after {marks['processed'] - start:.2f} s: "
+            f"{len(requests) / (marks['processed'] - start):.1f} mails/s (the rest: sending)")
     log(f"daemon           peak RSS {fmt(rss, ' MiB', 0)}, CPU "
         f"{fmt(cpu / len(requests) * 1000, ' ms/mail', 1)}")
     if stopped:

@@ -78,9 +78,8 @@ class ParseAhead:
             return None
         try:
             return future.result(timeout=WAIT_SECONDS).get(inbound_id)
-        except FutureTimeout:
-            log.warning("parse-ahead: no result after %.0f s, parsing in the worker",
-                        WAIT_SECONDS)
+        except FutureTimeout as exc:  # stuck or starved: not another wait per mail
+            self._broken(exc)
             return None
         except Exception as exc:
             self._broken(exc)

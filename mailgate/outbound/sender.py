@@ -16,6 +16,7 @@ import smtplib
 import ssl
 import weakref
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -214,19 +215,35 @@ def backoff(settings: OutboundSettings, attempts: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.8, 1.0))
 
 
+# A pass holds at most this much outgoing mail in memory (at least one mail, whatever its
+# size): agents' answers relay attachments, and a pass of such mails would otherwise hold
+# `limit` of them at once.
+CLAIM_BYTES = 32 * 1024 * 1024
+
+
 def _claim(factory: sessionmaker[Session], clock: Clock, limit: int,
            lease: timedelta = LEASE) -> list[Outbox]:
     now = clock.now()
     with transaction(factory) as session:
-        rows = list(session.execute(
-            select(Outbox)
+        due = session.execute(
+            select(Outbox.id, func.length(Outbox.raw))
             .where(Outbox.status == OutboxStatus.PENDING, Outbox.next_attempt_at <= now,
                    or_(Outbox.lease_until.is_(None), Outbox.lease_until < now))
             # Oldest first among the due rows: after an outage the backlog leaves in the
             # order it was written (ids grow with creation).
             .order_by(Outbox.id)
             .limit(limit)
-            .with_for_update(skip_locked=True)).scalars())
+            .with_for_update(skip_locked=True)).all()
+        ids: list[int] = []
+        held = 0
+        for row_id, size in due:
+            if ids and held + (size or 0) > CLAIM_BYTES:
+                break
+            ids.append(row_id)
+            held += size or 0
+        rows = list(session.execute(
+            select(Outbox).where(Outbox.id.in_(ids)).order_by(Outbox.id)).scalars()) \
+            if ids else []
         for row in rows:
             row.lease_until = now + lease
         return rows
@@ -250,7 +267,10 @@ def _relay_down(exc: BaseException) -> bool:
 
 
 def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettings,
-          transport: Transport, limit: int = 100) -> FlushResult:
+          transport: Transport, limit: int = 250) -> FlushResult:
+    """Sends what is due, oldest first: up to ``limit`` mails and CLAIM_BYTES in one pass
+    (a pass's claim and its last record wait for SQLite's one writer: the fewer passes, the
+    less a drain waits)."""
     sent = retrying = failed = 0
     down_until = _relay_down_until.get(transport)
     if down_until is not None and clock.now() < down_until:
@@ -263,14 +283,25 @@ def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettin
     if not rows:
         return FlushResult()
     done: list[_Sent] = []
+    # Outcomes are recorded beside the sending, one batch at a time: on SQLite the record
+    # waits for the write lock (a worker's group of mails, up to ~0.15 s), and the relay
+    # would otherwise wait with it (a third of the sender's time in a drain, py-spy).
+    settler = ThreadPoolExecutor(1, thread_name_prefix="outbox-settle")
+    recording: Future[list[OutboxStatus]] | None = None
+
+    def recorded() -> None:
+        nonlocal sent, retrying, failed, recording
+        if recording is not None:
+            results, recording = recording.result(), None
+            for result in results:
+                sent += result == OutboxStatus.SENT
+                retrying += result == OutboxStatus.PENDING
+                failed += result == OutboxStatus.FAILED
 
     def settle() -> None:
-        nonlocal sent, retrying, failed, done
-        for result in _settle(factory, done):
-            sent += result == OutboxStatus.SENT
-            retrying += result == OutboxStatus.PENDING
-            failed += result == OutboxStatus.FAILED
-        done = []
+        nonlocal done, recording
+        recorded()  # one batch at a time, in order
+        recording, done = settler.submit(_settle, factory, done), []
 
     try:
         with transport.batch():
@@ -287,8 +318,12 @@ def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettin
                 if len(done) >= SETTLE_EVERY or done[-1].at - done[0].at >= SETTLE_WITHIN:
                     settle()
     finally:
-        if done:  # also when the pass ends early: what went out is recorded
-            settle()
+        try:
+            if done:  # also when the pass ends early: what went out is recorded
+                settle()
+            recorded()
+        finally:
+            settler.shutdown(wait=True)
     return FlushResult(sent, retrying, failed)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import mailbox
+import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 
 from mailgate.app import App
@@ -118,3 +121,53 @@ def test_a_bounce_recorded_during_sending_is_not_overwritten(app: App) -> None:
     assert (result.sent, result.failed) == (0, 1)
     row = _row(app, row_id)
     assert row.status == "failed" and row.dsn_status == "5.1.1"
+
+
+def test_a_pass_holds_a_bounded_amount_of_mail(app: App, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """Up to CLAIM_BYTES of outgoing mail per pass, oldest first; at least one mail, even
+    one bigger than that; the rest stays due for the next pass."""
+    ids = [_enqueue(app) for _ in range(4)]
+    size = len(_row(app, ids[0]).raw)
+    monkeypatch.setattr(sender, "CLAIM_BYTES", 2 * size + size // 2)
+    assert [r.id for r in sender._claim(app.sessions, app.clock, 100)] == ids[:2]
+    monkeypatch.setattr(sender, "CLAIM_BYTES", size // 2)
+    assert [r.id for r in sender._claim(app.sessions, app.clock, 100)] == ids[2:3]
+    with app.sessions() as s:
+        leased = {o.id for o in s.execute(select(Outbox).where(
+            Outbox.lease_until.is_not(None))).scalars()}
+    assert leased == set(ids[:3])
+
+
+def test_outcomes_are_recorded_while_the_next_mails_go_out(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record of the first 25 waits (on SQLite, for the worker's write lock); the
+    mails after them do not wait with it."""
+    ids = [_enqueue(app) for _ in range(40)]
+    thirtieth = threading.Event()
+    overlapped: list[bool] = []
+    real_settle = sender._settle
+
+    def slow_settle(factory: Any, done: Any) -> Any:
+        if not overlapped:
+            overlapped.append(thirtieth.wait(10))
+        return real_settle(factory, done)
+
+    class Counting:
+        def __init__(self, inner: sender.Transport) -> None:
+            self.inner, self.count = inner, 0
+
+        def send(self, mail_from: str, to: list[str], raw: bytes) -> None:
+            self.inner.send(mail_from, to, raw)
+            self.count += 1
+            if self.count == 30:
+                thirtieth.set()
+
+        def batch(self) -> contextlib.AbstractContextManager[None]:
+            return self.inner.batch()
+
+    monkeypatch.setattr(sender, "_settle", slow_settle)
+    result = sender.flush(app.sessions, app.clock, app.settings.outbound,
+                          Counting(app.transport))
+    assert result.sent == 40 and overlapped == [True]
+    assert {_row(app, i).status for i in ids} == {"sent"}
