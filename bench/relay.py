@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mailgate.config import OutboundSettings  # noqa: E402
-from mailgate.outbound.sender import RelayTransport  # noqa: E402
+from mailgate.outbound.sender import WINDOW, RelayTransport  # noqa: E402
 from tests.support.sink import SmtpSink  # noqa: E402
 
 ACK = (b"From: Service Desk <servicedesk@desk.example>\r\nTo: eva@site1234.example.be\r\n"
@@ -111,9 +111,12 @@ def run(pipelining: bool, delay: float, mails: int) -> float:
                                                     timeout_seconds=30))
         start = time.perf_counter()
         with transport.batch():
-            for i in range(mails):
-                transport.send("servicedesk@desk.example", ["eva@site1234.example.be"],
-                               ACK % i)
+            # As the sender hands them over: WINDOW mails at a time.
+            for at in range(0, mails, WINDOW):
+                outcomes = transport.send_many(
+                    [("servicedesk@desk.example", ["eva@site1234.example.be"], ACK % i)
+                     for i in range(at, min(at + WINDOW, mails))])
+                assert all(o is None for o in outcomes), outcomes
         took = time.perf_counter() - start
         sink.wait_for(mails, timeout=30)
     return mails / took

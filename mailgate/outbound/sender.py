@@ -41,8 +41,17 @@ class PermanentFailure(Exception):
     """The relay refused the mail for good (5xx); retrying will not help."""
 
 
+# One mail for the transport: (envelope sender, recipients, the bytes).
+Envelope = tuple[str, list[str], bytes]
+
+
 class Transport(Protocol):
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None: ...
+
+    def send_many(self, mails: Sequence[Envelope]) -> list[BaseException | None]:
+        """Each mail's outcome in order (None: sent), up to and including the first that
+        found the transport gone; the mails after it were not tried."""
+        ...
 
     def batch(self) -> AbstractContextManager[None]:
         """Several sends in a row (one relay connection for all of them)."""
@@ -61,61 +70,159 @@ class MaildirTransport:
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
         self.box.add(raw)  # written to tmp/, then renamed into new/: atomic
 
+    def send_many(self, mails: Sequence[Envelope]) -> list[BaseException | None]:
+        out: list[BaseException | None] = []
+        for sender, recipients, raw in mails:
+            try:
+                self.send(sender, recipients, raw)
+            except OSError as exc:  # a full or missing disk: the rest wait too
+                return [*out, exc]
+            out.append(None)
+        return out
+
     def batch(self) -> AbstractContextManager[None]:
         return nullcontext()
+
+
+# A mail's outcome at the relay: the recipients it refused (the mail went to the others), or
+# why it did not go.
+Outcome = dict[str, tuple[int, bytes]] | BaseException
+
+
+def _gone(outcome: object) -> bool:
+    """The connection failed, not the mail (smtplib's exceptions are all OSErrors)."""
+    return isinstance(outcome, smtplib.SMTPServerDisconnected) or (
+        isinstance(outcome, OSError) and not isinstance(outcome, smtplib.SMTPException))
 
 
 class _PipeliningSMTP(smtplib.SMTP):
     """smtplib's client, with RFC 2920 PIPELINING where the relay offers it (Postfix and Exim
     do by default): MAIL, every RCPT and DATA go out in one write and their answers are read
-    together, then the content: two round trips a mail instead of three plus one per
-    recipient. The sender sends one mail after the other on one connection, so each round
-    trip to a relay on another host is time every acknowledgement behind it waits.
-    Outcomes and exceptions are those of :meth:`smtplib.SMTP.sendmail`."""
+    together, and a mail's content goes out in the same write as the next mail's commands
+    (RFC 2920 §3.1 allows the content first in a group): one round trip a mail instead of
+    three plus one per recipient. The sender sends one mail after the other on one
+    connection, so each round trip to a relay on another host is time every
+    acknowledgement behind it waits. Outcomes are those of :meth:`smtplib.SMTP.sendmail`."""
 
     def transact(self, from_addr: str, to_addrs: Sequence[str], msg: bytes
                  ) -> dict[str, tuple[int, bytes]]:
-        self.ehlo_or_helo_if_needed()
+        [outcome] = self.transact_many([(from_addr, list(to_addrs), msg)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def transact_many(self, mails: Sequence[Envelope]) -> list[Outcome]:
+        """Each mail's outcome, up to and including the first that lost the connection
+        (the mails after it were not sent)."""
+        try:
+            self.ehlo_or_helo_if_needed()
+        except OSError as exc:  # smtplib's exceptions included
+            return [exc]
         if not self.does_esmtp or not self.has_extn("pipelining"):
-            return self.sendmail(from_addr, list(to_addrs), msg)
-        size = f" SIZE={len(msg)}" if self.has_extn("size") else ""
-        commands = [f"MAIL FROM:{smtplib.quoteaddr(from_addr)}{size}",
+            return self._one_by_one(mails)
+        out: list[Outcome] = []
+        carry = b""  # the content of the mail before, sent with this mail's commands
+        carried: dict[str, tuple[int, bytes]] = {}
+        for from_addr, to_addrs, msg in mails:
+            try:
+                commands = self._envelope(from_addr, to_addrs, len(msg))
+            except ValueError as exc:
+                commands = b""
+                refusal: BaseException | None = exc
+            else:
+                refusal = None
+            try:
+                self.send(carry + commands)
+                if carry:
+                    out.append(self._content_answer(carried))
+                    carry = b""
+                    if self.sock is None:  # 421: this mail's commands went with it
+                        return out
+                if refusal is not None:
+                    out.append(refusal)
+                    continue
+                mail = self.getreply()
+                rcpts = [self.getreply() for _ in to_addrs]
+                data = self.getreply()
+            except OSError as exc:  # lost, or answers we cannot follow: nothing more here
+                return [*out, exc]
+            refused = {a: r for a, r in zip(to_addrs, rcpts, strict=True)
+                       if r[0] not in (250, 251)}
+            problem = self._problem(from_addr, to_addrs, mail, rcpts, data, refused)
+            if problem is not None:
+                try:
+                    self._abandon(mail, rcpts, data)
+                except OSError as exc:
+                    return [*out, exc]
+                out.append(problem)
+                if self.sock is None:  # the relay said 421: it is closing
+                    return out
+                continue
+            quoted = re.sub(rb"(?m)^\.", b"..", msg)
+            if not quoted.endswith(b"\r\n"):
+                quoted += b"\r\n"
+            carry, carried = quoted + b".\r\n", refused
+        if carry:
+            try:
+                self.send(carry)
+                out.append(self._content_answer(carried))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    def _one_by_one(self, mails: Sequence[Envelope]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for from_addr, to_addrs, msg in mails:
+            try:
+                out.append(self.sendmail(from_addr, to_addrs, msg))
+            except (OSError, ValueError) as exc:
+                if _gone(exc):
+                    return [*out, exc]
+                out.append(exc)
+            if self.sock is None:  # the relay said 421 and smtplib closed
+                return out
+        return out
+
+    def _envelope(self, from_addr: str, to_addrs: Sequence[str], size: int) -> bytes:
+        extra = f" SIZE={size}" if self.has_extn("size") else ""
+        commands = [f"MAIL FROM:{smtplib.quoteaddr(from_addr)}{extra}",
                     *(f"RCPT TO:{smtplib.quoteaddr(a)}" for a in to_addrs), "DATA"]
         if any("\r" in c or "\n" in c for c in commands):  # as putcmd() refuses them
             raise ValueError("command arguments contain a newline")
-        self.send("".join(c + "\r\n" for c in commands))
-        mail = self.getreply()
-        rcpts = [self.getreply() for _ in to_addrs]
-        data = self.getreply()
-        refused = {a: r for a, r in zip(to_addrs, rcpts, strict=True) if r[0] not in (250, 251)}
-        problem: smtplib.SMTPException | None = None
+        return "".join(c + "\r\n" for c in commands).encode("ascii")
+
+    @staticmethod
+    def _problem(from_addr: str, to_addrs: Sequence[str], mail: tuple[int, bytes],
+                 rcpts: list[tuple[int, bytes]], data: tuple[int, bytes],
+                 refused: dict[str, tuple[int, bytes]]) -> smtplib.SMTPException | None:
         if mail[0] != 250:
-            problem = smtplib.SMTPSenderRefused(mail[0], mail[1], from_addr)
-        elif 421 in (r[0] for r in rcpts) or len(refused) == len(to_addrs):
-            problem = smtplib.SMTPRecipientsRefused(refused)
-        elif data[0] != 354:
-            problem = smtplib.SMTPDataError(data[0], data[1])
-        if problem is not None:
-            if data[0] == 354:  # a relay that took DATA all the same: end it, send nothing
-                self.send(b".\r\n")
-                self.getreply()
-            if 421 in (mail[0], data[0], *(r[0] for r in rcpts)):
-                self.close()
-            else:
-                self._reset()
-            raise problem
-        quoted = re.sub(rb"(?m)^\.", b"..", msg)
-        if not quoted.endswith(b"\r\n"):
-            quoted += b"\r\n"
-        self.send(quoted + b".\r\n")
+            return smtplib.SMTPSenderRefused(mail[0], mail[1], from_addr)
+        if 421 in (r[0] for r in rcpts) or len(refused) == len(to_addrs):
+            return smtplib.SMTPRecipientsRefused(refused)
+        if data[0] != 354:
+            return smtplib.SMTPDataError(data[0], data[1])
+        return None
+
+    def _abandon(self, mail: tuple[int, bytes], rcpts: list[tuple[int, bytes]],
+                 data: tuple[int, bytes]) -> None:
+        """Ends a refused mail's transaction: nothing of it is delivered."""
+        if data[0] == 354:  # a relay that took DATA all the same: end it, send nothing
+            self.send(b".\r\n")
+            self.getreply()
+        if 421 in (mail[0], data[0], *(r[0] for r in rcpts)):
+            self.close()
+        else:
+            self._reset()
+
+    def _content_answer(self, refused: dict[str, tuple[int, bytes]]) -> Outcome:
+        # After the answer to the content the transaction is over, whatever it says (RFC
+        # 5321 §4.1.1.4): no RSET, which would also come between the pipelined answers.
         code, reply = self.getreply()
-        if code != 250:
-            if code == 421:
-                self.close()
-            else:
-                self._reset()
-            raise smtplib.SMTPDataError(code, reply)
-        return refused
+        if code == 250:
+            return refused
+        if code == 421:
+            self.close()
+        return smtplib.SMTPDataError(code, reply)
 
     def _reset(self) -> None:
         # As smtplib after a refusal: a relay that hung up says so at the next command.
@@ -157,45 +264,57 @@ class RelayTransport:
             self._batching = False
             self._drop()
 
-    def _sendmail(self, sender: str, recipients: list[str], raw: bytes) -> dict[str, Any]:
+    def _transact(self, mails: Sequence[Envelope]) -> list[Outcome]:
         reused = self._smtp is not None
-        if self._smtp is None:
-            self._smtp = self._connect()
-        try:
-            return self._smtp.transact(sender, recipients, raw)
-        except smtplib.SMTPServerDisconnected:
-            self._smtp = None
-            if not reused:
-                raise
+        for attempt in (1, 2):
+            try:
+                if self._smtp is None:
+                    self._smtp = self._connect()
+            except OSError as exc:  # smtplib's exceptions included
+                return [exc]
+            outcomes = self._smtp.transact_many(mails)
+            if not _gone(outcomes[-1]) and self._smtp.sock is not None:
+                return outcomes
+            self._drop()
             # The relay closed an idle connection we kept: once more on a fresh one.
-            self._smtp = self._connect()
-            return self._smtp.transact(sender, recipients, raw)
-        except smtplib.SMTPResponseException:
-            with contextlib.suppress(OSError, smtplib.SMTPException):
-                self._smtp.rset()
-            raise
-        except OSError:
-            self._smtp = None
-            raise
+            if not (reused and attempt == 1 and len(outcomes) == 1
+                    and isinstance(outcomes[0], smtplib.SMTPServerDisconnected)):
+                return outcomes
+        return outcomes
+
+    def send_many(self, mails: Sequence[Envelope]) -> list[BaseException | None]:
+        try:
+            outcomes = self._transact(mails)
+        finally:
+            if not self._batching:
+                self._drop()
+        return [_judged(o) for o in outcomes]
 
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
-        try:
-            try:
-                refused = self._sendmail(sender, recipients, raw)
-            finally:
-                if not self._batching:
-                    self._drop()
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _msg in exc.recipients.values()]
-            if all(500 <= c < 600 for c in codes):
-                raise PermanentFailure(f"recipients refused: {exc.recipients}") from exc
-            raise
-        except smtplib.SMTPResponseException as exc:
-            if 500 <= exc.smtp_code < 600 and exc.smtp_code != 530:
-                raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
-            raise
-        if refused:
-            log.warning("relay refused some recipients: %s", refused)
+        [outcome] = self.send_many([(sender, recipients, raw)])
+        if outcome is not None:
+            raise outcome
+
+
+def _judged(outcome: Outcome) -> BaseException | None:
+    """None if the mail went (to some recipients at least), else why not: a refusal for
+    good is a PermanentFailure."""
+    if isinstance(outcome, dict):
+        if outcome:
+            log.warning("relay refused some recipients: %s", outcome)
+        return None
+    if isinstance(outcome, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _msg in outcome.recipients.values()]
+        if codes and all(500 <= c < 600 for c in codes):
+            failure = PermanentFailure(f"recipients refused: {outcome.recipients}")
+            failure.__cause__ = outcome
+            return failure
+    elif isinstance(outcome, smtplib.SMTPResponseException) and \
+            500 <= outcome.smtp_code < 600 and outcome.smtp_code != 530:
+        failure = PermanentFailure(f"{outcome.smtp_code} {outcome.smtp_error!r}")
+        failure.__cause__ = outcome
+        return failure
+    return outcome
 
 
 def make_transport(settings: OutboundSettings) -> Transport:
@@ -305,14 +424,20 @@ def flush(factory: sessionmaker[Session], clock: Clock, settings: OutboundSettin
 
     try:
         with transport.batch():
-            for i, row in enumerate(rows):
+            at = 0
+            while at < len(rows):
                 if clock.now() >= send_until:  # the rest go in the next pass, claimed afresh
-                    _release(factory, [r.id for r in rows[i:]])
+                    _release(factory, [r.id for r in rows[at:]])
                     break
-                done.append(_send(clock, settings, transport, row))
+                window = rows[at:at + WINDOW]
+                outcomes = transport.send_many(
+                    [(r.sender, r.recipients.split(","), r.raw) for r in window])
+                done += [_sent(clock, settings, row, outcome)
+                         for row, outcome in zip(window, outcomes, strict=False)]
+                at += len(outcomes)
                 if done[-1].down:  # the relay is down: the rest wait, untouched
                     _relay_down_until[transport] = done[-1].retry_at
-                    _release(factory, [r.id for r in rows[i + 1:]])
+                    _release(factory, [r.id for r in rows[at:]])
                     break
                 _relay_down_until.pop(transport, None)
                 if len(done) >= SETTLE_EVERY or done[-1].at - done[0].at >= SETTLE_WITHIN:
@@ -338,6 +463,9 @@ def _release(factory: sessionmaker[Session], ids: list[int]) -> None:
 # first half of the lease). A crash before that write resends them after the lease, as a
 # crash between a send and its record always could: at-least-once.
 SETTLE_EVERY = 25
+# Mails handed to the transport at once: pipelined on one connection, each mail's content
+# in the same write as the next one's commands.
+WINDOW = 10
 SETTLE_WITHIN = timedelta(seconds=0.5)
 
 
@@ -353,18 +481,16 @@ class _Sent:
     down: bool  # the relay itself is down (not this mail refused)
 
 
-def _send(clock: Clock, settings: OutboundSettings, transport: Transport,
-          row: Outbox) -> _Sent:
+def _sent(clock: Clock, settings: OutboundSettings, row: Outbox,
+          outcome: BaseException | None) -> _Sent:
     error = ""
     status = OutboxStatus.SENT
     down = False
-    try:
-        transport.send(row.sender, row.recipients.split(","), row.raw)
-    except PermanentFailure as exc:
-        status, error = OutboxStatus.FAILED, str(exc)
-    except (TimeoutError, OSError, smtplib.SMTPException) as exc:
-        status, error = OutboxStatus.PENDING, f"{type(exc).__name__}: {exc}"
-        down = _relay_down(exc)
+    if isinstance(outcome, PermanentFailure):
+        status, error = OutboxStatus.FAILED, str(outcome)
+    elif outcome is not None:
+        status, error = OutboxStatus.PENDING, f"{type(outcome).__name__}: {outcome}"
+        down = _relay_down(outcome)
     now = clock.now()
     return _Sent(row, status, error, now, now + backoff(settings, row.attempts + 1), down)
 

@@ -101,3 +101,52 @@ def test_what_follows_a_newline_in_an_address_never_reaches_the_relay(
     sink.wait_for(1)
     assert sink.handler.received[0].rcpt_tos == [EVA]
     assert not any(b"x@y.z" in piece for piece in proxy.sent)
+
+
+def _mails(n: int, to: str = EVA) -> list[tuple[str, list[str], bytes]]:
+    return [("servicedesk@desk.example", [to], RAW.replace(b"<1@", f"<m{i}@".encode()))
+            for i in range(n)]
+
+
+def test_a_mails_content_goes_with_the_next_mails_commands(
+        relay: tuple[SmtpSink, TcpProxy]) -> None:
+    sink, proxy = relay
+    transport = _transport(proxy)
+    with transport.batch():
+        assert transport.send_many(_mails(5)) == [None] * 5
+    got = sink.wait_for(5)
+    assert [m["Message-ID"] for m in got] == [f"<m{i}@desk.example>" for i in range(5)]
+    together = [p for p in proxy.sent if b"\r\n.\r\nMAIL FROM" in p]
+    # One round trip a mail where the relay offers PIPELINING: 4 of the 5 contents went
+    # with the next mail's commands.
+    assert len(together) == (4 if sink.handler.pipelining else 0)
+
+
+def test_refusals_in_a_pipelined_run_are_each_mails_own(
+        relay: tuple[SmtpSink, TcpProxy]) -> None:
+    sink, proxy = relay
+    sink.handler.refuse[JAN] = "550 5.1.1 no such user"
+    sink.handler.fail_with = ["451 4.3.0 try later"]  # the first content's answer
+    mails = _mails(5)
+    mails[2] = ("servicedesk@desk.example", [JAN], mails[2][2])
+    transport = _transport(proxy)
+    with transport.batch():
+        outcomes = transport.send_many(mails)
+    assert isinstance(outcomes[0], smtplib.SMTPDataError)
+    assert isinstance(outcomes[2], PermanentFailure)
+    assert [o is None for o in outcomes] == [False, True, False, True, True]
+    got = sink.wait_for(3)
+    assert [m["Message-ID"] for m in got] == [f"<m{i}@desk.example>" for i in (1, 3, 4)]
+
+
+def test_a_relay_that_goes_away_mid_run_ends_the_outcomes_there(
+        relay: tuple[SmtpSink, TcpProxy]) -> None:
+    sink, proxy = relay
+    sink.handler.fail_with = ["250 ok", "421 4.3.2 shutting down"]  # the second content
+    transport = _transport(proxy)
+    with transport.batch():
+        outcomes = transport.send_many(_mails(5))
+    # The first went; the second was refused with 421 (the relay is going); the third and
+    # later were not tried (the sender releases them for the next pass).
+    assert outcomes[0] is None and isinstance(outcomes[1], smtplib.SMTPDataError)
+    assert outcomes[1].smtp_code == 421 and len(outcomes) == 2

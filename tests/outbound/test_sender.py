@@ -114,6 +114,11 @@ def test_a_bounce_recorded_during_sending_is_not_overwritten(app: App) -> None:
                 s.execute(update(Outbox).where(Outbox.id == row_id)
                           .values(status="failed", dsn_status="5.1.1"))
 
+        def send_many(self, mails: list[sender.Envelope]) -> list[BaseException | None]:
+            for mail in mails:
+                self.send(*mail)
+            return [None] * len(mails)
+
         def batch(self) -> contextlib.AbstractContextManager[None]:
             return contextlib.nullcontext()
 
@@ -141,16 +146,17 @@ def test_a_pass_holds_a_bounded_amount_of_mail(app: App, monkeypatch: pytest.Mon
 
 def test_outcomes_are_recorded_while_the_next_mails_go_out(
         app: App, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The record of the first 25 waits (on SQLite, for the worker's write lock); the
+    """The record of the first mails waits (on SQLite, for the worker's write lock); the
     mails after them do not wait with it."""
-    ids = [_enqueue(app) for _ in range(40)]
-    thirtieth = threading.Event()
+    ids = [_enqueue(app) for _ in range(60)]
+    later = threading.Event()  # a mail went after the first record was due
     overlapped: list[bool] = []
     real_settle = sender._settle
 
     def slow_settle(factory: Any, done: Any) -> Any:
         if not overlapped:
-            overlapped.append(thirtieth.wait(10))
+            assert len(done) < 45
+            overlapped.append(later.wait(10))
         return real_settle(factory, done)
 
     class Counting:
@@ -160,8 +166,13 @@ def test_outcomes_are_recorded_while_the_next_mails_go_out(
         def send(self, mail_from: str, to: list[str], raw: bytes) -> None:
             self.inner.send(mail_from, to, raw)
             self.count += 1
-            if self.count == 30:
-                thirtieth.set()
+            if self.count == 45:
+                later.set()
+
+        def send_many(self, mails: list[sender.Envelope]) -> list[BaseException | None]:
+            for mail in mails:
+                self.send(*mail)
+            return [None] * len(mails)
 
         def batch(self) -> contextlib.AbstractContextManager[None]:
             return self.inner.batch()
@@ -169,5 +180,5 @@ def test_outcomes_are_recorded_while_the_next_mails_go_out(
     monkeypatch.setattr(sender, "_settle", slow_settle)
     result = sender.flush(app.sessions, app.clock, app.settings.outbound,
                           Counting(app.transport))
-    assert result.sent == 40 and overlapped == [True]
+    assert result.sent == 60 and overlapped == [True]
     assert {_row(app, i).status for i in ids} == {"sent"}
