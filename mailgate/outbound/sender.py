@@ -305,7 +305,7 @@ def _judged(outcome: Outcome) -> BaseException | None:
         return None
     if isinstance(outcome, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _msg in outcome.recipients.values()]
-        if codes and all(500 <= c < 600 for c in codes):
+        if all(500 <= c < 600 for c in codes):
             failure = PermanentFailure(f"recipients refused: {outcome.recipients}")
             failure.__cause__ = outcome
             return failure
