@@ -49,37 +49,49 @@ def text_digest(subject: str, text: str) -> str:
 
 
 # Built once (a statement object keeps its cache key); the values are bound at each use.
+# The address's bounce flag, read with the brake's counts: the session's own copy if it has
+# one, else one column (most addresses have no row, and the ORM's lookup of a missing one
+# cost as much as the rest of the acknowledgement, bench/mix.py --profile).
 _LAST_BOUNCE = select(BouncingAddress.last_at).where(
     BouncingAddress.address == bindparam("address"))
+# The brake's two counts and the address's bounce flag in one statement: on PostgreSQL each
+# statement is a round trip, and an acknowledgement needs all three.
 _COUNTS = (select(func.count(), func.coalesce(func.sum(
-    case((AutoAnswer.digest == bindparam("digest"), 1), else_=0)), 0))
+    case((AutoAnswer.digest == bindparam("digest"), 1), else_=0)), 0),
+    _LAST_BOUNCE.scalar_subquery())
     .where(AutoAnswer.address == bindparam("address"), AutoAnswer.at > bindparam("since"),
            AutoAnswer.suppressed.is_(False)))
 
 
-def bouncing(session: Session, address: str, now: datetime) -> bool:
-    # The session's own copy if it has one (a bounce this transaction recorded), else one
-    # column read on its connection: most addresses have no row, and the ORM's lookup of a
-    # missing one cost as much as the rest of the acknowledgement (bench/mix.py --profile).
-    flag = session.identity_map.get(session.identity_key(BouncingAddress, address)) or next(
+def _own_flag(session: Session, address: str) -> BouncingAddress | None:
+    """The session's own copy of the address's bounce flag, if it has one (a bounce this
+    transaction recorded, not written yet)."""
+    return session.identity_map.get(session.identity_key(BouncingAddress, address)) or next(
         (o for o in session.new if isinstance(o, BouncingAddress) and o.address == address),
         None)
-    last_at = flag.last_at if flag is not None else session.connection().execute(
-        _LAST_BOUNCE, {"address": address}).scalar()
+
+
+def _bounced(last_at: datetime | None, now: datetime) -> bool:
     return last_at is not None and last_at > now - BOUNCE_MEMORY
 
 
 def allow(session: Session, address: str, kind: str, now: datetime, per_hour: int,
-          inbound_id: int | None, ticket_id: int | None = None, *, digest: str = "") -> bool:
-    """True if this automatic mail may go; records it either way."""
+          inbound_id: int | None, ticket_id: int | None = None, *, digest: str = "",
+          bouncing_per_hour: int | None = None) -> bool:
+    """True if this automatic mail may go; records it either way. ``bouncing_per_hour``:
+    the limit instead of ``per_hour`` while the address bounces."""
     since = now - WINDOW
     # Both counts in one look: all answers to the address this hour, and those to this text;
     # on the session's connection, adding the answers recorded but not written yet.
-    sent, same = session.connection().execute(
+    sent, same, bounced_at = session.connection().execute(
         _COUNTS, {"digest": digest, "address": address, "since": since}).one()
     for o in deferred.pending(session, AutoAnswer):
         if o["address"] == address and o["at"] > since and not o["suppressed"]:
             sent, same = sent + 1, same + (o["digest"] == digest)
+    if bouncing_per_hour is not None:
+        flag = _own_flag(session, address)
+        if _bounced(flag.last_at if flag is not None else bounced_at, now):
+            per_hour = bouncing_per_hour
     reason = f"{per_hour} automatic mails an hour reached" if sent >= per_hour else ""
     if not reason and digest and same >= SAME_TEXT_PER_HOUR:
         reason = f"the same text answered {same} times this hour (a loop)"

@@ -184,11 +184,14 @@ def _acknowledge(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
     from the complaints address."""
     s = desk.settings
     to = to or _answer_to(mail)
-    # A registered person's acknowledgement is the desk's promise: only a loop may stop it.
-    per_hour = s.access.acks_per_hour if registered and not autoanswer.bouncing(
-        session, to, now) else s.access.auto_replies_per_hour
-    if not autoanswer.allow(session, to, "ack", now, per_hour, inbound.id, ticket.id,
-                            digest=autoanswer.text_digest(mail.subject, display_text(mail))):
+    # A registered person's acknowledgement is the desk's promise: only a loop may stop it
+    # (or an address that bounces: then the limit of anyone's).
+    limit = s.access.auto_replies_per_hour
+    if not autoanswer.allow(session, to, "ack", now,
+                            s.access.acks_per_hour if registered else limit,
+                            inbound.id, ticket.id,
+                            digest=autoanswer.text_digest(mail.subject, display_text(mail)),
+                            bouncing_per_hour=limit if registered else None):
         return
     ref = TicketRef(s.desk.ticket_prefix, ticket.number)
     due_local = ticket.first_response_due.astimezone(s.tz) if ticket.first_response_due else None
