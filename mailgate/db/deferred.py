@@ -99,9 +99,9 @@ def _write(session: Session) -> None:
             continue
         by = named[0].by
         column = getattr(model, by)
-        ids = dict((key, id_) for id_, key in conn.execute(
+        ids = {key: id_ for id_, key in conn.execute(
             insert(model).returning(model.id, column),  # type: ignore[attr-defined]
-            values))
+            values)}
         for w in named:
             w.id = ids[w.key]
 

@@ -227,11 +227,7 @@ def _text_part(subtype: str, text: str, params: str = "") -> bytes:
 
 def _base64_lines(data: bytes) -> bytes:
     """base64 in lines of 76 characters, CRLF after each."""
-    # One encoding call, then cut: encodebytes calls the encoder once per 57-byte line.
-    encoded = binascii.b2a_base64(data, newline=False)
-    if not encoded:
-        return b""
-    return b"\r\n".join([encoded[i:i + 76] for i in range(0, len(encoded), 76)]) + b"\r\n"
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 def _multipart(subtype: str, parts: list[bytes]) -> bytes:

@@ -46,8 +46,6 @@ Envelope = tuple[str, list[str], bytes]
 
 
 class Transport(Protocol):
-    def send(self, sender: str, recipients: list[str], raw: bytes) -> None: ...
-
     def send_many(self, mails: Sequence[Envelope]) -> list[BaseException | None]:
         """Each mail's outcome in order (None: sent), up to and including the first that
         found the transport gone; the mails after it were not tried."""
@@ -103,13 +101,6 @@ class _PipeliningSMTP(smtplib.SMTP):
     three plus one per recipient. The sender sends one mail after the other on one
     connection, so each round trip to a relay on another host is time every
     acknowledgement behind it waits. Outcomes are those of :meth:`smtplib.SMTP.sendmail`."""
-
-    def transact(self, from_addr: str, to_addrs: Sequence[str], msg: bytes
-                 ) -> dict[str, tuple[int, bytes]]:
-        [outcome] = self.transact_many([(from_addr, list(to_addrs), msg)])
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     def transact_many(self, mails: Sequence[Envelope]) -> list[Outcome]:
         """Each mail's outcome, up to and including the first that lost the connection
