@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.config import DatabaseSettings
 from mailgate.db import writelock
-from mailgate.db.dbapi import make_sqlite_dir, sqlite_pragmas
+from mailgate.db.dbapi import make_sqlite_dir, sqlite_path, sqlite_pragmas
 
 READ_ONLY = "mailgate_read_only"
 
@@ -50,7 +50,8 @@ def make_engine(db: DatabaseSettings) -> Engine:
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        writelock.attach(engine)
+        path = sqlite_path(url)
+        writelock.attach(engine, path if path and path != ":memory:" else None)
         return engine
     kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
     kwargs["connect_args"] = {"connect_timeout": 5}

@@ -176,3 +176,42 @@ def test_outcomes_are_recorded_while_the_next_mails_go_out(
                           Counting(app.transport))
     assert result.sent == 60 and overlapped == [True]
     assert {_row(app, i).status for i in ids} == {"sent"}
+
+
+def test_a_waiting_record_never_holds_up_the_sending(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the first record waits for the lock, every other mail of the pass goes out;
+    what went meanwhile is recorded in one more transaction, not one per 25 mails."""
+    ids = [_enqueue(app) for _ in range(120)]
+    all_sent = threading.Event()
+    batches: list[int] = []
+    real_settle = sender._settle
+
+    def slow_settle(factory: Any, done: Any) -> Any:
+        if not batches:
+            assert all_sent.wait(10), "the sending waited for the first record"
+        batches.append(len(done))
+        return real_settle(factory, done)
+
+    class Counting:
+        def __init__(self, inner: sender.Transport) -> None:
+            self.inner, self.count = inner, 0
+
+        def send_many(self, mails: list[sender.Envelope]) -> list[BaseException | None]:
+            outcomes = self.inner.send_many(mails)
+            self.count += len(mails)
+            if self.count == len(ids):
+                all_sent.set()
+            return outcomes
+
+        def batch(self) -> contextlib.AbstractContextManager[None]:
+            return self.inner.batch()
+
+    monkeypatch.setattr(sender, "_settle", slow_settle)
+    result = sender.flush(app.sessions, app.clock, app.settings.outbound,
+                          Counting(app.transport))
+    assert result.sent == 120
+    # The first record is due after SETTLE_EVERY mails (whole windows of them).
+    assert sender.SETTLE_EVERY <= batches[0] < sender.SETTLE_EVERY + sender.WINDOW
+    assert len(batches) == 2 and sum(batches) == 120
+    assert {_row(app, i).status for i in ids} == {"sent"}
