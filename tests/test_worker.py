@@ -1,4 +1,5 @@
-"""The worker's groups: several mails in one transaction, each in its own savepoint."""
+"""The worker's groups: several mails in one transaction; a group with a failing mail runs
+again with a savepoint per mail."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
 from mailgate import worker
@@ -61,10 +63,13 @@ def test_a_failing_mail_is_quarantined_alone_and_the_group_goes_on(poisoned: App
         assert "ZeroDivisionError" in rows[ids[1]].reason
         assert rows[ids[1]].ticket_id is None
         assert [rows[i].status for i in ids if i != ids[1]] == ["ticket"] * 3
-        # Nothing of the poisoned mail's work survived its savepoint; the numbers run on.
+        # Nothing of the poisoned mail's work survived: the group ran again, the poisoned
+        # mail in a savepoint of its own.
         tickets = s.execute(select(Ticket.ref, Ticket.subject).order_by(Ticket.number)).all()
         assert [t.subject for t in tickets] == [f"Melding {i}" for i in range(3)]
-        assert [t.ref for t in tickets] == ["SD-1", "SD-2", "SD-3"]
+        if poisoned.engine.dialect.name == "sqlite":  # the counter row rolls back too
+            assert [t.ref for t in tickets] == ["SD-1", "SD-2", "SD-3"]
+        # (A PostgreSQL sequence gives no number back: the first run's numbers are gaps.)
         acks = s.execute(select(func.count()).select_from(Outbox)
                          .where(Outbox.kind == "ack")).scalar_one()
         assert acks == 3
@@ -95,3 +100,41 @@ def test_a_fresh_process_counts_its_mails_before_it_groups_them(
     result = worker.process_pending(poisoned)
     assert (result.processed, result.quarantined) == (4, 1)
     assert worker._committed_in_process == 4
+
+
+@pytest.mark.usefixtures("grouped")
+def test_a_group_without_a_failure_runs_without_savepoints(app: App) -> None:
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    for i in range(4):
+        _store(app, f"Melding {i}")
+    sa_event.listen(app.engine, "before_cursor_execute", seen)
+    try:
+        assert worker.process_pending(app).processed == 4
+    finally:
+        sa_event.remove(app.engine, "before_cursor_execute", seen)
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert sum(s.upper().startswith("INSERT INTO TICKET") for s in statements) == 4
+
+
+@pytest.mark.usefixtures("grouped")
+def test_a_failing_group_runs_again_with_a_savepoint_per_mail(poisoned: App) -> None:
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    for i in range(2):
+        _store(poisoned, f"Melding {i}")
+    _store(poisoned, "POISON melding")
+    sa_event.listen(poisoned.engine, "before_cursor_execute", seen)
+    try:
+        result = worker.process_pending(poisoned)
+    finally:
+        sa_event.remove(poisoned.engine, "before_cursor_execute", seen)
+    assert (result.processed, result.quarantined) == (3, 1)
+    assert sum(s.upper().startswith("SAVEPOINT") for s in statements) == 3
+    assert sum(s.upper().startswith("ROLLBACK TO SAVEPOINT") for s in statements) == 1

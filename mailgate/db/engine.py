@@ -51,7 +51,8 @@ def make_engine(db: DatabaseSettings) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         path = sqlite_path(url)
-        writelock.attach(engine, path if path and path != ":memory:" else None)
+        writelock.attach(engine, path if path and path != ":memory:" else None,
+                         db.busy_timeout_ms / 1000)
         return engine
     kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
     kwargs["connect_args"] = {"connect_timeout": 5}

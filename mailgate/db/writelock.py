@@ -11,15 +11,17 @@ level up: while a worker process began its next transaction the instant it commi
 daemon's own writers — the sender's claims among them — slept in SQLite's busy handler and
 sent nothing for seconds (bench/mix.py --drain, --processes 2). So the holder of this lock
 also passes a turnstile of two record locks in a file beside the database, which takes
-turns between processes (see `Turnstile`). Other processes (the CLI, `deliver`) still meet
-SQLite's own busy timeout.
+turns between processes (see `Turnstile`); the CLI's commands pass it too. `deliver`'s plain
+connection meets SQLite's own busy timeout alone.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,26 +31,47 @@ INTAKE, NORMAL = 0, 1
 
 
 class Turnstile:
-    """Turns between processes: a waiter queues on the gate while it waits for the door, so
-    the holder, coming back for its next transaction, waits at the gate behind it.
+    """Turns between processes: a waiter holds the gate while it waits for the door, so the
+    holder, coming back for its next transaction, waits at the gate behind it.
 
     POSIX record locks are the process's: only the holder of the in-process `WriteLock`
     touches them, so one descriptor per process serves all its threads. The kernel drops
-    them with a process that dies.
+    them with a process that dies. Waits poll (every POLL seconds) rather than block, so
+    they end: the door is waited for at most as long as SQLite's busy timeout, and the gate
+    only GATE_SECONDS — a process stopped while it held the gate (SIGSTOP, a debugger) must
+    not stop the others. Past either, the writer goes on to SQLite's own busy handling.
     """
 
     GATE, DOOR = 0, 1
+    POLL = 0.001
+    GATE_SECONDS = 0.5
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, wait_seconds: float) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         weakref.finalize(self, os.close, self._fd)  # with its engine (tests make many)
+        self._wait = wait_seconds
 
-    def enter(self) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self.GATE)
+    def _take(self, offset: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.POLL)
+
+    def enter(self) -> bool:
+        """Waits for its turn; False if the wait ran out (the door is not held then)."""
+        gate = self._take(self.GATE, self.GATE_SECONDS)
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self.DOOR)
+            return self._take(self.DOOR, self._wait)
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self.GATE)
+            if gate:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self.GATE)
 
     def leave(self) -> None:
         fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self.DOOR)
@@ -78,10 +101,9 @@ class WriteLock:
             self._busy = True
             self._owner = threading.get_ident()
         try:
-            if self._turnstile is None:
+            if self._turnstile is None or not self._turnstile.enter():
                 yield
             else:
-                self._turnstile.enter()
                 try:
                     yield
                 finally:
@@ -96,10 +118,10 @@ class WriteLock:
 _LOCKS: weakref.WeakKeyDictionary[Any, WriteLock] = weakref.WeakKeyDictionary()
 
 
-def attach(engine: Any, database_path: str | None = None) -> None:
+def attach(engine: Any, database_path: str | None = None, wait_seconds: float = 5.0) -> None:
     """A lock for the engine; with the database file's path, shared with the daemon's other
-    processes through ``<path>-writers``."""
-    turnstile = Turnstile(f"{database_path}-writers") if database_path else None
+    processes through ``<path>-writers`` (``wait_seconds``: SQLite's busy timeout)."""
+    turnstile = Turnstile(f"{database_path}-writers", wait_seconds) if database_path else None
     _LOCKS[engine] = WriteLock(turnstile)
 
 

@@ -296,3 +296,37 @@ def test_the_turnstile_is_a_file_beside_the_database(tmp_path: Path) -> None:
         memory.dispose()
     finally:
         engine.dispose()
+
+
+_HOLDS_A_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_EX, 1, int(sys.argv[2]))
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize(("byte", "what"), [(0, "gate"), (1, "door")])
+def test_a_stuck_process_at_the_turnstile_holds_no_one_up_for_ever(
+        tmp_path: Path, byte: int, what: str) -> None:
+    """A process stopped while it held the gate (waiting, SIGSTOP) or the door outside any
+    SQLite transaction: the others wait a bounded time, then go to SQLite itself."""
+    engine = make_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'desk.db'}",
+                                          busy_timeout_ms=800))
+    upgrade(engine)
+    child = subprocess.Popen([sys.executable, "-c", _HOLDS_A_LOCK,
+                              str(tmp_path / "desk.db-writers"), str(byte)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with transaction(make_sessionmaker(engine)) as session:
+            session.connection().exec_driver_sql("UPDATE counter SET value = value + 1")
+        waited = time.monotonic() - started
+    finally:
+        child.kill()
+        child.wait()
+        engine.dispose()
+    bound = writelock.Turnstile.GATE_SECONDS if what == "gate" else 0.8
+    assert bound * 0.9 <= waited < bound + 1.0, f"{what}: waited {waited:.2f} s"
