@@ -9,8 +9,11 @@ of a multi-row INSERT in order, so the ORM writes one row at a time (bench/mix.p
 Here a worker's group of mails costs one INSERT per table.
 
 A savepoint that rolls back takes the rows recorded inside it along (a quarantined mail leaves
-none of its work behind). Rows are written at the root commit only, never as a savepoint is
-released: its parent may still roll back. A reader in the transaction that must see them
+none of its work behind). Rows are written at the root commit, never as a savepoint is
+released: its parent may still roll back. An ORM query of a table with rows not yet written
+writes them first (as the ORM's autoflush does for its objects), so every reader in the
+transaction sees them; a savepoint rolled back after such a write gives them back to the
+next write. Core statements on the session's connection do not trigger it: such a reader
 adds :func:`pending` to what it reads. Within a table, the ids follow the order the rows
 were recorded in.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, insert
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from mailgate.db.models import AutoAnswer, Base, Event, Message, Outbox
 
@@ -50,6 +53,8 @@ class _Row:
     values: dict[str, Any]
     during: SessionTransaction
     written: Written | None
+    # Written before the commit, for a reader, inside this (sub)transaction.
+    written_in: SessionTransaction | None = None
 
 
 def add(session: Session, model: type[Base], values: dict[str, Any],
@@ -65,7 +70,7 @@ def add(session: Session, model: type[Base], values: dict[str, Any],
 def pending(session: Session, model: type[Base]) -> Iterator[dict[str, Any]]:
     """The values of ``model``'s rows this transaction recorded and has not written yet."""
     rows: list[_Row] = session.info.get(_KEY) or []
-    return (r.values for r in rows if r.model is model)
+    return (r.values for r in rows if r.model is model and r.written_in is None)
 
 
 def _pending(session: Session) -> list[_Row]:
@@ -75,7 +80,25 @@ def _pending(session: Session) -> list[_Row]:
         event.listen(session, "before_commit", _write)
         event.listen(session, "after_soft_rollback", _rolled_back)
         event.listen(session, "after_transaction_end", _ended)
+        event.listen(session, "do_orm_execute", _before_read)
     return rows
+
+
+def _before_read(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        return
+    rows: list[_Row] = state.session.info.get(_KEY) or []
+    read = {m.class_ for m in state.all_mappers}
+    if not any(r.written_in is None and r.model in read for r in rows):
+        return
+    # The tables written before them too: a row may name one of those.
+    upto = max(_ORDER.index(m) for m in read if m in _ORDER)
+    session = state.session
+    now = session.get_nested_transaction() or session.get_transaction()
+    due = [r for r in rows if r.written_in is None and _ORDER.index(r.model) <= upto]
+    _insert(session, due)
+    for r in due:
+        r.written_in = now
 
 
 def _write(session: Session) -> None:
@@ -84,8 +107,14 @@ def _write(session: Session) -> None:
     # roll back, and would take the rows of the mails before it along.
     if not rows or session.in_nested_transaction():
         return
+    taken, rows[:] = [r for r in rows if r.written_in is None], []
+    _insert(session, taken)
+
+
+def _insert(session: Session, taken: list[_Row]) -> None:
+    if not taken:
+        return
     session.flush()  # the tickets and inbound rows the deferred rows name
-    taken, rows[:] = list(rows), []
     conn = session.connection()
     for model in _ORDER:
         mine = [r for r in taken if r.model is model]
@@ -117,6 +146,11 @@ def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -
 def _rolled_back(session: Session, previous: SessionTransaction) -> None:
     rows: list[_Row] = session.info.get(_KEY) or []
     rows[:] = [r for r in rows if not _within(r.during, previous)]
+    for r in rows:  # recorded before the savepoint, written inside it: undone with it
+        if r.written_in is not None and _within(r.written_in, previous):
+            r.written_in = None
+            if r.written is not None:
+                r.written.id = None
 
 
 def _ended(session: Session, transaction: SessionTransaction) -> None:

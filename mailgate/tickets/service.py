@@ -52,13 +52,29 @@ def next_number(session: Session) -> int:
         _NEXT_FROM_SEQUENCE if postgresql else _NEXT_FROM_COUNTER).scalar_one())
 
 
+def _in_values(ticket: Ticket, mail: ParsedMail, inbound: Inbound, kind: str, now: datetime,
+               body: str | None) -> dict[str, object]:
+    return {"ticket_id": ticket.id, "inbound_id": inbound.id, "direction": "in", "kind": kind,
+            "from_addr": mail.from_addr, "to_addrs": ",".join(mail.to),
+            "cc_addrs": ",".join(mail.cc), "subject": mail.subject,
+            "message_id": mail.message_id or inbound.message_id,
+            "body_text": display_text(mail) if body is None else body, "created_at": now}
+
+
+def record_mail(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
+                inbound: Inbound, kind: str, now: datetime, body: str | None = None) -> None:
+    """The mail on the ticket, where nothing needs its object: without attachments (which
+    need its id) it is written at the commit with the group's other rows (db/deferred.py),
+    one INSERT and no ORM object instead of one each."""
+    if mail.attachments:
+        add_message(session, desk, ticket, mail, inbound, kind, now, body)
+    else:
+        deferred.add(session, Message, _in_values(ticket, mail, inbound, kind, now, body))
+
+
 def add_message(session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail,
                 inbound: Inbound, kind: str, now: datetime, body: str | None = None) -> Message:
-    msg = Message(
-        ticket_id=ticket.id, inbound_id=inbound.id, direction="in", kind=kind,
-        from_addr=mail.from_addr, to_addrs=",".join(mail.to), cc_addrs=",".join(mail.cc),
-        subject=mail.subject, message_id=mail.message_id or inbound.message_id,
-        body_text=display_text(mail) if body is None else body, created_at=now)
+    msg = Message(**_in_values(ticket, mail, inbound, kind, now, body))
     session.add(msg)
     if kind == "auto-reply":
         notify.heard_from(session, ticket)
@@ -153,7 +169,7 @@ def create_ticket(session: Session, desk: Desk, mail: ParsedMail, inbound: Inbou
     session.add(ticket)
     session.flush()
     notify.created(session, ticket)
-    add_message(session, desk, ticket, mail, inbound, "request", now, body)
+    record_mail(session, desk, ticket, mail, inbound, "request", now, body)
     event(session, now, "ticket.created", ticket, inbound, ref=ticket.ref,
           requester=ticket.requester, linked_to=linked_to.ref if linked_to else None,
           language=lang, urgent=urgent.evidence if urgent else None)
@@ -232,7 +248,7 @@ def append_follow_up(session: Session, desk: Desk, ticket: Ticket, mail: ParsedM
     """The editor's mail on the ticket: it fills what the request lacked, may make the
     ticket urgent, and puts a waiting or resolved ticket back to open. True if it made the
     ticket urgent."""
-    add_message(session, desk, ticket, mail, inbound, "follow-up", now)
+    record_mail(session, desk, ticket, mail, inbound, "follow-up", now)
     ticket.updated_at = now
     filled = completeness.fill_from_follow_up(ticket, mail, known.site_ids(session))
     if filled:

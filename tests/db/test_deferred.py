@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.orm import Session
 
 from mailgate.app import App
 from mailgate.db import deferred
@@ -96,7 +97,56 @@ def test_the_editors_thread_counts_what_was_sent_earlier_in_the_transaction(app:
         assert ticket is not None
         first = _mail(app, 1)
         service.send(session, first, "reminder", ticket, None, "first")
-        assert session.execute(select(Message).where(
-            Message.message_id == first.message_id)).first() is None  # not written yet
         _last, refs = service.editor_thread(session, ticket)
         assert refs[-1] == first.message_id
+    with reading(app.sessions) as s:  # written once: for the reader, not again at the commit
+        assert len(s.execute(select(Message).where(
+            Message.message_id == first.message_id)).all()) == 1
+
+
+def _copy(app: App, ticket_id: int, n: int) -> dict[str, object]:
+    return {"ticket_id": ticket_id, "inbound_id": None, "direction": "in", "kind": "request",
+            "from_addr": "eva@site1234.example.be", "to_addrs": "", "cc_addrs": "",
+            "subject": f"Vraag {n}", "message_id": f"<{n}@site1234.example.be>",
+            "body_text": "x", "created_at": app.clock.now()}
+
+
+def _subjects(session: Session) -> list[str]:
+    return list(session.execute(select(Message.subject).where(Message.subject.like("Vraag%"))
+                                .order_by(Message.id)).scalars())
+
+
+def _ticket(app: App) -> int:
+    row = DeskHarness(app).receive(make_mail("eva@site1234.example.be", "Site 1234: menu broken",
+                                             "The menu on https://site1234.example.be is gone."))
+    assert row.ticket_id is not None
+    return row.ticket_id
+
+
+def test_a_query_of_the_table_writes_its_rows_first_and_the_commit_not_again(
+        app: App) -> None:
+    ticket_id = _ticket(app)
+    with transaction(app.sessions) as session:
+        for n in range(2):
+            deferred.add(session, Message, _copy(app, ticket_id, n))
+        assert _subjects(session) == ["Vraag 0", "Vraag 1"]  # as the ORM's autoflush would
+        assert list(deferred.pending(session, Message)) == []  # no reader counts them twice
+        deferred.add(session, Message, _copy(app, ticket_id, 2))
+    with reading(app.sessions) as s:
+        assert _subjects(s) == ["Vraag 0", "Vraag 1", "Vraag 2"]
+
+
+def test_rows_written_for_a_reader_inside_a_savepoint_that_rolls_back_are_not_lost(
+        app: App) -> None:
+    """Recorded before the savepoint, written inside it for a query, undone by its rollback:
+    written again at the commit. The savepoint's own row is gone."""
+    ticket_id = _ticket(app)
+    with transaction(app.sessions) as session:
+        deferred.add(session, Message, _copy(app, ticket_id, 0))
+        with pytest.raises(RuntimeError), session.begin_nested():
+            deferred.add(session, Message, _copy(app, ticket_id, 1))
+            assert _subjects(session) == ["Vraag 0", "Vraag 1"]
+            raise RuntimeError("this mail fails")
+        assert [v["subject"] for v in deferred.pending(session, Message)] == ["Vraag 0"]
+    with reading(app.sessions) as s:
+        assert _subjects(s) == ["Vraag 0"]
