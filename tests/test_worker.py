@@ -118,6 +118,13 @@ def test_a_group_without_a_failure_runs_without_savepoints(app: App) -> None:
         sa_event.remove(app.engine, "before_cursor_execute", seen)
     assert not [s for s in statements if "SAVEPOINT" in s.upper()]
     assert sum(s.upper().startswith("INSERT INTO TICKET") for s in statements) == 4
+    # The four inbound rows' outcomes: one statement (an executemany) at the commit.
+    assert sum(s.upper().startswith("UPDATE INBOUND") for s in statements) == 1
+    with app.sessions() as s:
+        rows = s.execute(select(Inbound.status, Inbound.ticket_id, Inbound.attempts,
+                                Inbound.processed_at)).all()
+    assert all(r.status == "ticket" and r.ticket_id and r.attempts == 1 and r.processed_at
+               for r in rows) and len(rows) == 4
 
 
 @pytest.mark.usefixtures("grouped")

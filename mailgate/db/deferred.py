@@ -24,16 +24,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, insert
+from sqlalchemy import bindparam, event, insert, update
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from mailgate.db.models import AutoAnswer, Base, Event, Message, Outbox
+from mailgate.db.models import AutoAnswer, Base, Event, Inbound, Message, Outbox
 
 _KEY = "mailgate.deferred"
 
 # The order tables are written in: a row may name one written before it (an event its
 # outbox row).
 _ORDER: tuple[type[Base], ...] = (AutoAnswer, Message, Outbox, Event)
+# Tables whose rows are changed by id, after the inserts: one executemany for the group's
+# processed inbound rows instead of an ORM flush of each.
+_CHANGED: tuple[type[Base], ...] = (Inbound,)
 
 
 @dataclass
@@ -67,6 +70,18 @@ def add(session: Session, model: type[Base], values: dict[str, Any],
     _pending(session).append(_Row(model, values, during, written))
 
 
+def change(session: Session, model: type[Base], row_id: int, values: dict[str, Any]) -> None:
+    """An UPDATE of ``model``'s row ``row_id``, run just before the commit (or a query of
+    the table). The row's object, if loaded, keeps its old values: read them elsewhere."""
+    assert model in _CHANGED, f"{model.__name__} is not changed at the commit"
+    during = session.get_nested_transaction() or session.get_transaction()
+    assert during is not None, "a row belongs to a transaction"
+    _pending(session).append(_Row(model, {_ID: row_id, **values}, during, None))
+
+
+_ID = "deferred_row_id"
+
+
 def pending(session: Session, model: type[Base]) -> Iterator[dict[str, Any]]:
     """The values of ``model``'s rows this transaction recorded and has not written yet."""
     rows: list[_Row] = session.info.get(_KEY) or []
@@ -91,11 +106,10 @@ def _before_read(state: ORMExecuteState) -> None:
     read = {m.class_ for m in state.all_mappers}
     if not any(r.written_in is None and r.model in read for r in rows):
         return
-    # The tables written before them too: a row may name one of those.
-    upto = max(_ORDER.index(m) for m in read if m in _ORDER)
+    # All of them, in the commit's order: a row may name one of another table.
     session = state.session
     now = session.get_nested_transaction() or session.get_transaction()
-    due = [r for r in rows if r.written_in is None and _ORDER.index(r.model) <= upto]
+    due = [r for r in rows if r.written_in is None]
     _insert(session, due)
     for r in due:
         r.written_in = now
@@ -133,6 +147,14 @@ def _insert(session: Session, taken: list[_Row]) -> None:
             values)}
         for w in named:
             w.id = ids[w.key]
+    for model in _CHANGED:
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for r in taken:
+            if r.model is model:  # executemany takes one set of columns at a time
+                by_columns.setdefault(tuple(r.values), []).append(r.values)
+        for values in by_columns.values():
+            conn.execute(update(model).where(
+                model.id == bindparam(_ID)), values)  # type: ignore[attr-defined]
 
 
 def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:

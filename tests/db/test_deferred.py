@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from mailgate.app import App
 from mailgate.db import deferred
 from mailgate.db.engine import reading, transaction
-from mailgate.db.models import AutoAnswer, Message, Outbox, Ticket
+from mailgate.db.models import AutoAnswer, Inbound, Message, Outbox, Ticket
 from mailgate.outbound.compose import Outgoing
 from mailgate.outbound.outbox import enqueue
 from mailgate.tickets import service
@@ -150,3 +150,21 @@ def test_rows_written_for_a_reader_inside_a_savepoint_that_rolls_back_are_not_lo
         assert [v["subject"] for v in deferred.pending(session, Message)] == ["Vraag 0"]
     with reading(app.sessions) as s:
         assert _subjects(s) == ["Vraag 0"]
+
+
+def test_changed_rows_are_one_statement_at_the_commit_and_a_query_sees_them_first(
+        app: App) -> None:
+    first = _ticket(app)
+    second = _ticket(app)
+    with transaction(app.sessions) as session:
+        ids = list(session.execute(select(Inbound.id).order_by(Inbound.id)).scalars())
+        for n, row_id in enumerate(ids):
+            deferred.change(session, Inbound, row_id, {"reason": f"changed {n}"})
+        # The rows' objects are not touched: a query reads the change, written for it.
+        assert session.execute(select(Inbound.reason).where(Inbound.id == ids[0])
+                               ).scalar_one() == "changed 0"
+        deferred.change(session, Inbound, ids[1], {"reason": "changed again"})
+    with reading(app.sessions) as s:
+        reasons = dict(s.execute(select(Inbound.id, Inbound.reason)).all())
+    assert reasons == {ids[0]: "changed 0", ids[1]: "changed again"}
+    assert first != second
