@@ -4,6 +4,7 @@ nothing.
 Usage, from the repository root::
 
     .venv/bin/python -m bench.mix                       # 2,000 mails over 8 connections
+    .venv/bin/python -m bench.mix --floor               # ... and the same to bench/floor.py
     .venv/bin/python -m bench.mix --drain 1000          # 1,000 stored mails → tickets/s
     .venv/bin/python -m bench.mix --rate 50 --messages 1500   # steady 50 mails/s, ack p99
     .venv/bin/python -m bench.mix --profile 300         # the worker in-process, cProfile
@@ -25,6 +26,9 @@ row is pending; ack latency (request's DATA 250 → its ack at the sink) p50/p99
 (read from the database); and, in the same run, the rate at which Python's own ``email``
 parses the same mails (``message_from_bytes`` with ``policy.default``, every part walked,
 ``get_content()`` of every leaf: bodies and attachments) — the goal is ≥ 0.5× that rate.
+With ``--floor``, the same mails also go to ``bench/floor.py``, a gateway that only parses
+them that same way, answers 250 and relays one acknowledgement per request: the rate any
+Python gateway reaches on this machine with the bench's clients and sink beside it.
 
 **drain** (``--drain N``): the daemon runs idle; N new requests of the same mix are committed
 in one transaction (as a backlog after an outage); from that commit until every
@@ -571,6 +575,7 @@ def run_mix(args: argparse.Namespace) -> None:
         received = len(setup.sink.handler.received)
         daemon_log = tail(setup.log_path)
     accepted = len(sent.at)
+    floor = run_floor(maker, requests, args.connections) if args.floor else None
     parse_rate = email_parse_rate(sent.raws)
     rate = accepted / (end - sent.start) if end else math.nan
     latencies = sorted(a.at - sent.at[mid] for mid, a in watch.acks.items() if mid in sent.at)
@@ -581,6 +586,12 @@ def run_mix(args: argparse.Namespace) -> None:
     log(f"python email     {parse_rate:.0f} mails/s (same mails, bodies and attachments); "
         f"ratio {rate / parse_rate:.2f} (goal >= 0.5: "
         f"{'met' if rate / parse_rate >= 0.5 else 'missed'})")
+    if floor is not None:
+        floor_rate, floor_cpu, floor_acks = floor
+        log(f"floor gateway    {fmt(floor_rate, ' mails/s', 1)}, ratio "
+            f"{floor_rate / parse_rate:.2f} to the parse rate ({floor_acks} acks; CPU "
+            f"{floor_cpu:.1f} ms/mail): parse, 250, one ack relayed, nothing else "
+            f"(bench/floor.py); the desk reached {rate / floor_rate:.2f} of it")
     log(f"acks             {len(watch.acks)}/{accepted_requests}; latency p50 "
         f"{fmt(percentile(latencies, 0.5))}, p99 {fmt(percentile(latencies, 0.99))}; "
         f"{received} mails at the sink in all")
@@ -590,6 +601,36 @@ def run_mix(args: argparse.Namespace) -> None:
         f"{fmt(cpu / accepted * 1000 if accepted else None, ' ms/mail', 1)}")
     if stopped:
         log(f"STOPPED: {stopped}\n{daemon_log}")
+
+
+def run_floor(maker: MailMaker, requests: list[Request], connections: int
+              ) -> tuple[float, float, int]:
+    """The same mails, over as many connections, to bench/floor.py (parse, 250, one ack,
+    nothing else) in its own process: (mails/s from the first send to the last ack, its
+    CPU ms per mail, acks)."""
+    by_mid = {r.message_id: r for r in requests}
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailgate-floor-")))
+        sink = SmtpSink(True).start()
+        stack.callback(sink.stop)
+        port = free_port()
+        proc = stack.enter_context(server_process(
+            [PYTHON, "-m", "bench.floor", "--port", str(port), "--relay-port", str(sink.port)],
+            tmp / "floor.log"))
+        wait_smtp(port, proc, tmp / "floor.log")
+        load = MixLoad(port, maker, requests, connections, None)
+        watch = AckWatch(sink, by_mid, load.on_ack).start()
+        stack.callback(watch.stop)
+        cpu0 = cpu_seconds(proc.pid)
+        sent = load.run()
+        expected = sum(1 for mid in sent.at if mid in by_mid)
+        deadline = time.monotonic() + STALL
+        while len(watch.acks) < expected and time.monotonic() < deadline:
+            time.sleep(POLL)
+        cpu = cpu_seconds(proc.pid) - cpu0
+        last = max((a.at for a in watch.acks.values()), default=math.nan)
+    accepted = len(sent.at)
+    return accepted / (last - sent.start), cpu / accepted * 1000, len(watch.acks)
 
 
 def run_drain(args: argparse.Namespace) -> None:
@@ -709,6 +750,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="profile mode: N stored requests through the worker in-process")
     parser.add_argument("--processes", type=int, default=0,
                         help="[worker] processes of the daemon (default 0: by the database)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also send the same mails to bench/floor.py (parse, 250, one "
+                             "ack) in the same run: what any Python gateway reaches here")
     parser.add_argument("--no-pipelining", action="store_true",
                         help="the relay (the sink) does not offer PIPELINING (default: it "
                              "does, as Postfix and Exim do)")

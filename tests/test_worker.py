@@ -3,6 +3,7 @@ again with a savepoint per mail."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,20 +103,27 @@ def test_a_fresh_process_counts_its_mails_before_it_groups_them(
     assert worker._committed_in_process == 4
 
 
-@pytest.mark.usefixtures("grouped")
-def test_a_group_without_a_failure_runs_without_savepoints(app: App) -> None:
+@contextlib.contextmanager
+def _statements(app: App) -> Iterator[list[str]]:
+    """The SQL statements the engine sends meanwhile."""
     statements: list[str] = []
 
     def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         statements.append(statement)
 
-    for i in range(4):
-        _store(app, f"Melding {i}")
     sa_event.listen(app.engine, "before_cursor_execute", seen)
     try:
-        assert worker.process_pending(app).processed == 4
+        yield statements
     finally:
         sa_event.remove(app.engine, "before_cursor_execute", seen)
+
+
+@pytest.mark.usefixtures("grouped")
+def test_a_group_without_a_failure_runs_without_savepoints(app: App) -> None:
+    for i in range(4):
+        _store(app, f"Melding {i}")
+    with _statements(app) as statements:
+        assert worker.process_pending(app).processed == 4
     assert not [s for s in statements if "SAVEPOINT" in s.upper()]
     assert sum(s.upper().startswith("INSERT INTO TICKET") for s in statements) == 4
     # The four inbound rows' outcomes: one statement (an executemany) at the commit.
@@ -129,19 +137,11 @@ def test_a_group_without_a_failure_runs_without_savepoints(app: App) -> None:
 
 @pytest.mark.usefixtures("grouped")
 def test_a_failing_group_runs_again_with_a_savepoint_per_mail(poisoned: App) -> None:
-    statements: list[str] = []
-
-    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
-
     for i in range(2):
         _store(poisoned, f"Melding {i}")
     _store(poisoned, "POISON melding")
-    sa_event.listen(poisoned.engine, "before_cursor_execute", seen)
-    try:
+    with _statements(poisoned) as statements:
         result = worker.process_pending(poisoned)
-    finally:
-        sa_event.remove(poisoned.engine, "before_cursor_execute", seen)
     assert (result.processed, result.quarantined) == (3, 1)
     assert sum(s.upper().startswith("SAVEPOINT") for s in statements) == 3
     assert sum(s.upper().startswith("ROLLBACK TO SAVEPOINT") for s in statements) == 1

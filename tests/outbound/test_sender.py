@@ -140,6 +140,26 @@ def test_a_pass_holds_a_bounded_amount_of_mail(app: App, monkeypatch: pytest.Mon
     assert leased == set(ids[:3])
 
 
+class _Counting:
+    """The transport, one mail at a time (the count is of mails that went); sets ``event``
+    once ``at`` mails went."""
+
+    def __init__(self, inner: sender.Transport, at: int, event: threading.Event) -> None:
+        self.inner, self.at, self.event, self.count = inner, at, event, 0
+
+    def send_many(self, mails: list[sender.Envelope]) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        for mail in mails:
+            outcomes += self.inner.send_many([mail])
+            self.count += 1
+            if self.count == self.at:
+                self.event.set()
+        return outcomes
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return self.inner.batch()
+
+
 def test_outcomes_are_recorded_while_the_next_mails_go_out(
         app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     """The record of the first mails waits (on SQLite, for the worker's write lock); the
@@ -155,25 +175,9 @@ def test_outcomes_are_recorded_while_the_next_mails_go_out(
             overlapped.append(later.wait(10))
         return real_settle(factory, done)
 
-    class Counting:
-        def __init__(self, inner: sender.Transport) -> None:
-            self.inner, self.count = inner, 0
-
-        def send_many(self, mails: list[sender.Envelope]) -> list[BaseException | None]:
-            outcomes: list[BaseException | None] = []
-            for mail in mails:  # one at a time: the count is of mails that went
-                outcomes += self.inner.send_many([mail])
-                self.count += 1
-                if self.count == 45:
-                    later.set()
-            return outcomes
-
-        def batch(self) -> contextlib.AbstractContextManager[None]:
-            return self.inner.batch()
-
     monkeypatch.setattr(sender, "_settle", slow_settle)
     result = sender.flush(app.sessions, app.clock, app.settings.outbound,
-                          Counting(app.transport))
+                          _Counting(app.transport, 45, later))
     assert result.sent == 60 and overlapped == [True]
     assert {_row(app, i).status for i in ids} == {"sent"}
 
@@ -193,23 +197,9 @@ def test_a_waiting_record_never_holds_up_the_sending(
         batches.append(len(done))
         return real_settle(factory, done)
 
-    class Counting:
-        def __init__(self, inner: sender.Transport) -> None:
-            self.inner, self.count = inner, 0
-
-        def send_many(self, mails: list[sender.Envelope]) -> list[BaseException | None]:
-            outcomes = self.inner.send_many(mails)
-            self.count += len(mails)
-            if self.count == len(ids):
-                all_sent.set()
-            return outcomes
-
-        def batch(self) -> contextlib.AbstractContextManager[None]:
-            return self.inner.batch()
-
     monkeypatch.setattr(sender, "_settle", slow_settle)
     result = sender.flush(app.sessions, app.clock, app.settings.outbound,
-                          Counting(app.transport))
+                          _Counting(app.transport, len(ids), all_sent))
     assert result.sent == 120
     # The first record is due after SETTLE_EVERY mails (whole windows of them).
     assert sender.SETTLE_EVERY <= batches[0] < sender.SETTLE_EVERY + sender.WINDOW
