@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 INTAKE, NORMAL = 0, 1
 
@@ -121,7 +124,14 @@ _LOCKS: weakref.WeakKeyDictionary[Any, WriteLock] = weakref.WeakKeyDictionary()
 def attach(engine: Any, database_path: str | None = None, wait_seconds: float = 5.0) -> None:
     """A lock for the engine; with the database file's path, shared with the daemon's other
     processes through ``<path>-writers`` (``wait_seconds``: SQLite's busy timeout)."""
-    turnstile = Turnstile(f"{database_path}-writers", wait_seconds) if database_path else None
+    turnstile = None
+    if database_path:
+        try:
+            turnstile = Turnstile(f"{database_path}-writers", wait_seconds)
+        except OSError as exc:
+            # Another user's daemon (a CLI run as someone else): turns are a courtesy
+            # between the daemon's processes, not a condition of writing.
+            log.debug("no turnstile beside %s: %s", database_path, exc)
     _LOCKS[engine] = WriteLock(turnstile)
 
 

@@ -330,3 +330,16 @@ def test_a_stuck_process_at_the_turnstile_holds_no_one_up_for_ever(
         engine.dispose()
     bound = writelock.Turnstile.GATE_SECONDS if what == "gate" else 0.8
     assert bound * 0.9 <= waited < bound + 1.0, f"{what}: waited {waited:.2f} s"
+
+
+def test_a_turnstile_file_that_cannot_be_opened_costs_only_the_turns(tmp_path: Path) -> None:
+    (tmp_path / "desk.db-writers").mkdir()  # cannot be opened as a file: as another's 0600
+    engine = make_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'desk.db'}"))
+    try:
+        upgrade(engine)
+        lock = writelock.for_engine(engine)
+        assert isinstance(lock, WriteLock) and lock._turnstile is None
+        with transaction(make_sessionmaker(engine)) as session:
+            session.connection().exec_driver_sql("UPDATE counter SET value = value + 1")
+    finally:
+        engine.dispose()
