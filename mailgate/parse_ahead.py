@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -50,7 +52,7 @@ class ParseAhead:
             # Spawned, not forked: the daemon has threads, and a fork copies their locks.
             self._pool = ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_open, initargs=(self._db,))
+                initializer=_open, initargs=(self._db, os.getpid()))
             self._pool.submit(int)  # spawns the process
         return self._pool
 
@@ -112,12 +114,25 @@ _conn: Any = None
 _mark = "?"
 
 
-def _open(db: DatabaseSettings) -> None:
+def _open(db: DatabaseSettings, daemon: int) -> None:
     global _conn, _mark
     from mailgate.db import dbapi
 
     plain = _open_for_life.enter_context(dbapi.connect(db))
     _conn, _mark = plain.conn, plain.mark
+    threading.Thread(target=_follow, args=(daemon,), name="follow-daemon", daemon=True).start()
+
+
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _follow(daemon: int) -> None:
+    """Ends the helper once the daemon is gone. A daemon killed with SIGKILL closes nothing,
+    and the pool's queue, both ends of which the helper holds, never tells it: helpers
+    were left behind for good, the database open (seen after tests/test_crash.py)."""
+    while os.getppid() == daemon:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
 
 
 def _parse_rows(ids: list[int]) -> dict[int, ParsedMail]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +21,7 @@ from mailgate.mail.parse import parse
 from mailgate.parse_ahead import ParseAhead
 from tests.support.desk import EDITOR
 from tests.support.mails import make_mail, wire
+from tests.support.wait import until
 
 UNPARSEABLE = b"\r\n".join([b"no header block at all", b"", b"just text"]) + b"\r\n"
 
@@ -111,3 +114,39 @@ def test_by_default_only_sqlite_parses_ahead(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert not WorkerSettings().parses_ahead("sqlite:///var/mailgate.db")
     assert parse_ahead.MAX_BYTES >= 1 << 20
+
+
+_DAEMON = """
+import sys, time
+from mailgate.config import DatabaseSettings
+from mailgate.parse_ahead import ParseAhead
+helper = ParseAhead(DatabaseSettings(url=sys.argv[1]))
+helper.start()
+assert helper._pool is not None
+helper._pool.submit(int).result(timeout=60)
+print(*helper._pool._processes, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_helper_ends_when_the_daemon_is_killed(app: App) -> None:
+    """SIGKILL to the daemon: its helper does not stay behind with the database open."""
+    daemon = subprocess.Popen([sys.executable, "-c", _DAEMON, app.settings.database.url],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        helper = int(daemon.stdout.readline())
+        os.kill(daemon.pid, signal.SIGKILL)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    until(lambda: not _alive(helper), timeout=3 * parse_ahead.PARENT_CHECK_SECONDS + 5,
+          what="the helper ended")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:  # a zombie is gone too
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
