@@ -172,7 +172,9 @@ def _process_group(app: App, ids: list[int], should_yield: Callable[[], bool] | 
     try:
         taken, lines = _run_group(app, ids, should_yield, ahead, savepoints=False)
     except _GroupFailed:
-        taken, lines = _run_group(app, ids, should_yield, None, savepoints=True)
+        # The helper's parses the first run took are gone; those of the mails after the
+        # failing one are still there.
+        taken, lines = _run_group(app, ids, should_yield, ahead, savepoints=True)
     for message, level, fields in lines:  # once committed: one line per mail
         event(log, message, level=level, **fields)
     return taken

@@ -187,11 +187,14 @@ def _raw(session: Session, refs: dict[int, str], cutoff: datetime, days: int, no
         select(Outbox.id, Outbox.ticket_id, func.length(Outbox.raw)).where(
             Outbox.ticket_id.in_(ids),
             Outbox.status.in_((OutboxStatus.SENT, OutboxStatus.FAILED)),
-            func.length(Outbox.raw) > 0)).all()
+            func.length(Outbox.raw) > 0).order_by(Outbox.id)).all()
     if not owner and not sent:
         return
+    # In id order: the event lists them (PostgreSQL returns rows as they lie, and an
+    # updated row lies elsewhere).
     rows = session.execute(select(Inbound.id, Inbound.size, Inbound.trail)
-                           .where(Inbound.id.in_(list(owner)))).all() if owner else []
+                           .where(Inbound.id.in_(list(owner))).order_by(Inbound.id)
+                           ).all() if owner else []
     per_ticket: dict[int, dict[str, Any]] = {}
     for inbound_id, size, _trail in rows:
         t = per_ticket.setdefault(owner[inbound_id], {"inbound": [], "outbox": [], "bytes": 0})
