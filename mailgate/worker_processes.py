@@ -75,8 +75,14 @@ class WorkerProcesses:
                # The daemon alone speaks to systemd.
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
                             "LISTEN_PID", "LISTEN_FDNAMES")}
-        proc = subprocess.Popen(command(self.config_path), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, close_fds=True)
+        # The child starts with SIGHUP blocked (a mask survives exec): a reload passed on
+        # before its handler is in place waits for it instead of killing it.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            proc = subprocess.Popen(command(self.config_path), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, env=env, close_fds=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         assert proc.stdin is not None
         os.set_blocking(proc.stdin.fileno(), False)
         child = _Child(slot, proc, time.monotonic())
@@ -199,6 +205,7 @@ def run_child(app: App) -> None:
 
     signal.signal(signal.SIGTERM, end)
     signal.signal(signal.SIGHUP, reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by _spawn
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides, and ends
     # us by closing our stdin once its own pass is over.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

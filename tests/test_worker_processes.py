@@ -27,6 +27,7 @@ from mailgate.clock import SystemClock
 from mailgate.db.models import Inbound, Outbox, Ticket
 from mailgate.db.status import InboundStatus, OutboxStatus
 from mailgate.inbound.store import store_raw
+from mailgate.worker_processes import WorkerProcesses
 from tests.support.desk import DESK, EDITOR
 from tests.support.serve import Blast, ServeProcess, request
 from tests.support.sink import SmtpSink
@@ -199,6 +200,28 @@ def test_sighup_reaches_the_worker_processes(
         assert sorted(workers_of(serve)) == sorted(workers)  # reloaded, not restarted
     finally:
         serve.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_passed_on_while_a_worker_process_starts_waits_for_it(
+        tmp_path: Path, database_url: str, sink: SmtpSink,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """SIGHUP right after the spawn, long before the child's interpreter has its handler:
+    by default the signal would end it (and a restart would miss the reload)."""
+    serve = ServeProcess(tmp_path, database_url, sink.port).prepare()
+    procs = WorkerProcesses(1, str(serve.config), lambda: None)
+    procs.start()
+    try:
+        first = procs.pids()
+        procs.reload()
+        err: list[str] = []
+        until(lambda: err.append(capfd.readouterr().err)
+              or "worker process: configuration reloaded" in "".join(err),
+              timeout=30, what="the new worker process reloaded")
+        assert procs.pids() == first and alive(first[0])
+        assert "ended with" not in "".join(err)
+    finally:
+        procs.stop()
 
 
 @pytest.mark.timeout(120)
