@@ -17,8 +17,10 @@ from mailgate.app import App
 from mailgate.config import WorkerSettings
 from mailgate.db.models import Inbound, Ticket
 from mailgate.inbound.store import store_raw
+from mailgate.mail.extract import extract
 from mailgate.mail.parse import parse
 from mailgate.parse_ahead import ParseAhead
+from mailgate.tickets import known
 from tests.support.desk import EDITOR
 from tests.support.mails import make_mail, wire
 from tests.support.wait import until
@@ -59,7 +61,12 @@ def test_the_helper_parses_as_the_worker_would(app: App, ahead: ParseAhead) -> N
     big = _store(app, _raw(99).replace(b"melding 99", b"melding 99 " + b"x" * 70 * 16000))
     ahead.submit([*ids, bad, big])
     for inbound_id, raw in zip(ids, raws, strict=True):
-        assert ahead.take(inbound_id) == parse(raw, "bounce@site1234.example.be")
+        mail = ahead.take(inbound_id)
+        assert mail == parse(raw, "bounce@site1234.example.be")
+        # ... and read as a request, against the registered sites (the worker's read)
+        with app.sessions() as session:
+            assert mail.derived["extract"].found == extract(
+                parse(raw), known.site_ids(session))
     # Unparseable there: the worker parses it itself and says why; too big to be sent
     # across: parsed in the worker, held once.
     assert ahead.take(bad) is None and ahead.take(big) is None
@@ -87,6 +94,24 @@ def test_the_worker_uses_the_helper_and_the_outcome_is_the_same(
     assert all(rows[i].status == "ticket" for i in ids)
     assert rows[bad].status == "quarantined" and rows[bad].reason.startswith("unparseable:")
     assert subjects == {f"Site 1234: melding {i}" for i in range(40)}
+
+
+@pytest.mark.usefixtures("grouped")
+def test_the_next_pass_is_parsed_ahead_and_no_more(
+        app: App, ahead: ParseAhead, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[tuple[int, bool]] = []
+    take = ParseAhead.take
+    monkeypatch.setattr(ParseAhead, "take", lambda self, i: taken.append(
+        (i, (mail := take(self, i)) is not None)) or mail)
+    ids = [_store(app, _raw(i)) for i in range(25)]
+    assert worker.process_pending(app, limit=10, ahead=ahead).processed == 10
+    # The second pass's ten wait in the helper's results; the five after them do not.
+    assert sorted(ahead._chunks) == ids[10:20]
+    assert worker.process_pending(app, limit=10, ahead=ahead).processed == 10
+    assert sorted(ahead._chunks) == ids[20:]
+    assert worker.process_pending(app, limit=10, ahead=ahead).processed == 5
+    assert not ahead._chunks
+    assert taken == [(i, True) for i in ids]  # every one parsed by the helper, once
 
 
 @pytest.mark.usefixtures("grouped")
@@ -123,6 +148,7 @@ _DAEMON = """
 import sys, time
 from mailgate.config import DatabaseSettings
 from mailgate.parse_ahead import ParseAhead
+from mailgate.tickets import known
 helper = ParseAhead(DatabaseSettings(url=sys.argv[1]))
 helper.start()
 assert helper._pool is not None

@@ -114,7 +114,26 @@ _EVIDENCE_LEN = 80
 
 def extract(mail: ParsedMail, known_sites: frozenset[str] = frozenset(), *,
             own_addresses: Iterable[str] = ()) -> Extracted:
-    """What ``mail`` holds; see the module documentation for the rules."""
+    """What ``mail`` holds; see the module documentation for the rules. Worked out once per
+    mail and arguments (the parse-ahead helper does it for the worker)."""
+    own = tuple(own_addresses)
+    done = mail.derived.get("extract")
+    if isinstance(done, _Done) and done.own == own and done.known_sites == known_sites:
+        return done.found
+    found = _extract(mail, known_sites, own)
+    mail.derived["extract"] = _Done(known_sites, own, found)
+    return found
+
+
+@dataclass(frozen=True)
+class _Done:
+    known_sites: frozenset[str]
+    own: tuple[str, ...]
+    found: Extracted
+
+
+def _extract(mail: ParsedMail, known_sites: frozenset[str],
+             own_addresses: tuple[str, ...]) -> Extracted:
     subject = _normal(mail.subject)
     forward = is_forward_subject(mail.subject)
     body = _normal((mail.text if forward else mail.new_text)[:MAX_BODY])

@@ -3,6 +3,7 @@ message, several requests), read from mails built with EmailMessage and parsed b
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 import zlib
@@ -539,3 +540,24 @@ def test_corpus_mails_extract_without_exception() -> None:
     rows.append("| **all** | " + " | ".join(str(total[c]) for c in cols) + " |")
     report("extract() over the corpus mails (mails with each item)", "\n".join(rows))
     assert total["mails"] > 0
+
+
+def test_a_mail_is_read_once_per_set_of_known_sites(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parse-ahead helper reads the request beside the parse; the worker takes that
+    reading only when the registered sites are still the ones it was read with."""
+    from mailgate.mail import extract as module
+
+    calls: list[frozenset[str]] = []
+    real = module._extract
+    monkeypatch.setattr(module, "_extract",
+                        lambda mail, known, own: calls.append(known) or real(mail, known, own))
+    mail = _mail("Op de site van 5678 loopt het mis.")
+    first = extract(mail)
+    assert extract(mail, frozenset()) is first and first.site_ids == ()
+    again = extract(mail, frozenset({"5678"}))  # registered since: read again
+    assert again.site_ids == ("5678",) and calls == [frozenset(), frozenset({"5678"})]
+    assert extract(mail, frozenset({"5678"}), own_addresses=["desk@example.org"]) == again
+    assert len(calls) == 3
+    # Not part of the mail's value, and not carried into a changed copy.
+    assert mail == dataclasses.replace(mail)
+    assert not dataclasses.replace(mail, subject="Iets anders").derived
