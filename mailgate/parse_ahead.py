@@ -6,8 +6,8 @@ was the bottleneck (bench/mix.py --drain). Parsing is a pure function of a mail'
 bytes and was a fifth of the worker's time; here a helper process reads the next pending
 mails on a connection of its own and parses them while the worker writes the ones before —
 this pass's and the next one's, so that a pass never starts by waiting. It also reads each
-as a request (:func:`mailgate.mail.extract.extract`, against the registered sites, which
-the worker takes when the sites are still the same) and detects its language.
+as a request (:func:`mailgate.mail.extract.extract`, against the registered sites), which
+the worker takes when the sites are still the same.
 
 Whatever goes wrong there leaves the mail to be parsed by the worker as before — the same
 function on the same bytes, so the same result or the same quarantine reason: a mail the
@@ -30,7 +30,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from mailgate.config import DatabaseSettings
-from mailgate.mail import language
 from mailgate.mail.extract import extract
 from mailgate.mail.parse import ParsedMail, parse
 
@@ -128,8 +127,6 @@ def _open(db: DatabaseSettings, daemon: int) -> None:
 
     plain = _open_for_life.enter_context(dbapi.connect(db))
     _conn, _mark = plain.conn, plain.mark
-    # Built beside the first chunks (1–2 s, 140 MB): until then the worker detects itself.
-    threading.Thread(target=language.warm_up, name="warm-up", daemon=True).start()
     threading.Thread(target=_follow, args=(daemon,), name="follow-daemon", daemon=True).start()
 
 
@@ -166,11 +163,9 @@ def _parse_rows(ids: list[int]) -> dict[int, ParsedMail]:
             mail = parse(bytes(raw), envelope_from)
         except Exception:  # the worker parses it again, and says why
             continue
-        # What the desk reads in a request (tickets/completeness.py) and the language it
-        # answers in (tickets/service.py): a fifth of the worker's time, done here.
+        # What the desk reads in a request (tickets/completeness.py), a tenth of the
+        # worker's time, worked out here with the parse.
         with contextlib.suppress(Exception):
             extract(mail, known_sites)
-            if language.ready():
-                language.detect_mail(mail)
         out[inbound_id] = mail
     return out

@@ -3,7 +3,6 @@ wrong there leaves the mail to the worker's own parse, with the same outcome."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -18,7 +17,6 @@ from mailgate.app import App
 from mailgate.config import WorkerSettings
 from mailgate.db.models import Inbound, Ticket
 from mailgate.inbound.store import store_raw
-from mailgate.mail import language
 from mailgate.mail.extract import extract
 from mailgate.mail.parse import parse
 from mailgate.parse_ahead import ParseAhead
@@ -73,23 +71,6 @@ def test_the_helper_parses_as_the_worker_would(app: App, ahead: ParseAhead) -> N
     # across: parsed in the worker, held once.
     assert ahead.take(bad) is None and ahead.take(big) is None
     assert ahead.take(ids[0]) is None  # taken once
-
-
-def test_the_helper_detects_the_language_once_its_detector_is_built(
-        app: App, ahead: ParseAhead) -> None:
-    numbers = itertools.count()
-
-    def detected() -> bool:
-        raw = _raw(next(numbers))
-        inbound_id = _store(app, raw)
-        ahead.submit([inbound_id])
-        mail = ahead.take(inbound_id)
-        assert mail is not None
-        # Until the helper's detector is built (1-2 s), the worker detects.
-        return "language" in mail.derived and \
-            mail.derived["language"] == language.detect_mail(parse(raw)) == "nl"
-
-    until(detected, timeout=60, interval=0.2, what="the helper's language detection")
 
 
 @pytest.mark.usefixtures("grouped")

@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lingua import Language, LanguageDetector
 
-    from mailgate.mail.parse import ParsedMail
-
 LANGUAGES = ("nl", "fr", "en", "de")
 
 MAX_SCAN = 20_000   # raw characters looked at (quotes and signatures are cut from these)
@@ -89,20 +87,6 @@ _detector: tuple[LanguageDetector, dict[Language, str]] | None = None
 def warm_up() -> None:
     """Builds the detector now (1–2 s), so that the first mail does not wait for it."""
     _get_detector()
-
-
-def ready() -> bool:
-    """Whether the detector is built (detect() would not wait for it)."""
-    return _detector is not None
-
-
-def detect_mail(mail: ParsedMail) -> str | None:
-    """detect() of the mail's subject and new text, worked out once per mail (the
-    parse-ahead helper does it for the worker)."""
-    if "language" not in mail.derived:
-        mail.derived["language"] = detect(f"{mail.subject}\n{mail.new_text or mail.text}")
-    found = mail.derived["language"]
-    return found if isinstance(found, str) else None
 
 
 def detect(text: str) -> str | None:

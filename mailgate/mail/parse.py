@@ -123,8 +123,8 @@ class ParsedMail:
     # Where from_addr came from: "from", "sender", "reply-to", "envelope", "return-path";
     # "" when the mail names no usable sender.
     sender_header: str = "from"
-    # What pure functions of the mail worked out once (extract.extract, language.detect_mail),
-    # kept with it: the parse-ahead helper works them out beside the parse, off the worker's
+    # What pure functions of the mail worked out once (extract.extract): kept with the mail,
+    # so that the parse-ahead helper can work it out beside the parse, off the worker's
     # interpreter lock. Not part of the mail's value; a replace() starts afresh.
     derived: dict[str, object] = field(default_factory=dict, init=False, compare=False,
                                        repr=False)

@@ -134,7 +134,7 @@ def choose_language(desk: Desk, mail: ParsedMail, editor: EditorInfo | None,
     by_address = d.language_of(recipients)
     if by_address:
         return by_address, False
-    detected = language.detect_mail(mail)
+    detected = language.detect(f"{mail.subject}\n{display_text(mail)}")
     if detected == "de":
         return d.default_language, True
     return detected or d.default_language, False

@@ -197,21 +197,3 @@ def test_detector_is_built_once_across_threads(monkeypatch: pytest.MonkeyPatch) 
         t.join()
     assert len(builds) == 1
     assert sorted(results) == ["fr"] * 4 + ["nl"] * 4
-
-
-def test_a_mails_language_is_detected_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parse-ahead helper detects it; the worker takes what the mail carries."""
-    from mailgate.mail.parse import parse
-    from tests.support.mails import make_mail, wire
-
-    mail = parse(wire(make_mail(
-        "eva.claes@gent.be", "Probleem met de nieuwspagina",
-        "Goedemorgen, de nieuwspagina van onze website toont sinds vanmorgen geen berichten "
-        "meer. Kunnen jullie dat bekijken?\n\n> Bonjour, ceci est une citation en français "
-        "qui ne compte pas.")))
-    texts: list[str] = []
-    real = language.detect
-    monkeypatch.setattr(language, "detect", lambda text: texts.append(text) or real(text))
-    assert language.detect_mail(mail) == "nl" and language.detect_mail(mail) == "nl"
-    # Once, on the subject and the new text (the quote split off), as choose_language reads.
-    assert texts == [f"{mail.subject}\n{mail.new_text}"] and "citation" not in texts[0]
