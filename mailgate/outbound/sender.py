@@ -25,11 +25,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import case, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
 from mailgate.clock import Clock
 from mailgate.config import OutboundSettings
-from mailgate.db.engine import core_transaction, reading, transaction
+from mailgate.db.engine import core_transaction, transaction
 from mailgate.db.models import Event, Outbox, Ticket
 from mailgate.db.status import OutboxStatus
 from mailgate.logs import event
@@ -334,46 +333,30 @@ CLAIM_BYTES = 32 * 1024 * 1024
 
 def _claim(factory: sessionmaker[Session], clock: Clock, limit: int,
            lease: timedelta = LEASE) -> list[Outbox]:
-    """Leases the due rows, oldest first, up to ``limit`` and CLAIM_BYTES. Chosen and loaded
-    on reads; the write is one UPDATE, which takes only the rows still unleased: on SQLite
-    the worker waits for every write of ours (the claim loaded its rows inside the write
-    lock, a tenth of the worker's time in a drain waited for it)."""
     now = clock.now()
-    with reading(factory) as session:
+    with transaction(factory) as session:
         due = session.execute(
             select(Outbox.id, func.length(Outbox.raw))
             .where(Outbox.status == OutboxStatus.PENDING, Outbox.next_attempt_at <= now,
-                   _unleased(now))
+                   or_(Outbox.lease_until.is_(None), Outbox.lease_until < now))
             # Oldest first among the due rows: after an outage the backlog leaves in the
             # order it was written (ids grow with creation).
             .order_by(Outbox.id)
-            .limit(limit)).all()
-    ids: list[int] = []
-    held = 0
-    for row_id, size in due:
-        if ids and held + (size or 0) > CLAIM_BYTES:
-            break
-        ids.append(row_id)
-        held += size or 0
-    if not ids:
-        return []
-    with core_transaction(factory) as conn:
-        # Another pass or instance may have leased or sent some since the read: not ours.
-        ours = list(conn.execute(
-            update(Outbox).where(Outbox.id.in_(ids), Outbox.status == OutboxStatus.PENDING,
-                                 _unleased(now))
-            .values(lease_until=now + lease).returning(Outbox.id)).scalars())
-    if not ours:
-        return []
-    with reading(factory) as session:
+            .limit(limit)
+            .with_for_update(skip_locked=True)).all()
+        ids: list[int] = []
+        held = 0
+        for row_id, size in due:
+            if ids and held + (size or 0) > CLAIM_BYTES:
+                break
+            ids.append(row_id)
+            held += size or 0
         rows = list(session.execute(
-            select(Outbox).where(Outbox.id.in_(ours)).order_by(Outbox.id)).scalars())
-        session.expunge_all()  # kept as they are when the read ends
-    return rows
-
-
-def _unleased(now: datetime) -> ColumnElement[bool]:
-    return or_(Outbox.lease_until.is_(None), Outbox.lease_until < now)
+            select(Outbox).where(Outbox.id.in_(ids)).order_by(Outbox.id)).scalars()) \
+            if ids else []
+        for row in rows:
+            row.lease_until = now + lease
+        return rows
 
 
 # While the relay is down (no connection, or 421: RFC 5321's "service not available"), a

@@ -124,33 +124,6 @@ def test_a_bounce_recorded_during_sending_is_not_overwritten(app: App) -> None:
     assert row.status == "failed" and row.dsn_status == "5.1.1"
 
 
-def test_a_row_leased_between_the_choice_and_the_lease_is_left_to_its_holder(
-        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The claim chooses on a read and leases in one short write: a row another pass or
-    instance leased (or sent) in between is not taken again."""
-    ids = [_enqueue(app) for _ in range(3)]
-    real = sender.reading
-    reads = 0
-
-    @contextlib.contextmanager
-    def racing(factory: Any) -> Any:
-        nonlocal reads
-        with real(factory) as session:
-            yield session
-        reads += 1
-        if reads == 1:  # the choice is made: another instance leases one, sends another
-            with transaction(app.sessions) as other:
-                other.execute(update(Outbox).where(Outbox.id == ids[0]).values(
-                    lease_until=app.clock.now() + timedelta(minutes=5)))
-                other.execute(update(Outbox).where(Outbox.id == ids[2]).values(status="sent"))
-
-    monkeypatch.setattr(sender, "reading", racing)
-    claimed = sender._claim(app.sessions, app.clock, 100)
-    assert [r.id for r in claimed] == [ids[1]]
-    assert claimed[0].raw == _row(app, ids[1]).raw  # loaded, usable after the read
-    assert _row(app, ids[1]).lease_until is not None
-
-
 def test_a_pass_holds_a_bounded_amount_of_mail(app: App, monkeypatch: pytest.MonkeyPatch
                                                ) -> None:
     """Up to CLAIM_BYTES of outgoing mail per pass, oldest first; at least one mail, even
