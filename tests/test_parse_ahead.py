@@ -42,6 +42,16 @@ def grouped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "_committed_in_process", worker._WARM_AFTER)
 
 
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(inbound id, whether the helper had its parse) for each mail the worker asked for."""
+    asked: list[tuple[int, bool]] = []
+    take = ParseAhead.take
+    monkeypatch.setattr(ParseAhead, "take", lambda self, i: asked.append(
+        (i, (mail := take(self, i)) is not None)) or mail)
+    return asked
+
+
 def _store(app: App, raw: bytes, envelope_from: str = "") -> int:
     return store_raw(app.sessions, app.clock, raw, "smtp", envelope_from).inbound_id
 
@@ -75,11 +85,7 @@ def test_the_helper_parses_as_the_worker_would(app: App, ahead: ParseAhead) -> N
 
 @pytest.mark.usefixtures("grouped")
 def test_the_worker_uses_the_helper_and_the_outcome_is_the_same(
-        app: App, ahead: ParseAhead, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken: list[tuple[int, bool]] = []
-    take = ParseAhead.take
-    monkeypatch.setattr(ParseAhead, "take", lambda self, i: taken.append(
-        (i, (mail := take(self, i)) is not None)) or mail)
+        app: App, ahead: ParseAhead, taken: list[tuple[int, bool]]) -> None:
     ids = [_store(app, _raw(i)) for i in range(40)]
     bad = _store(app, UNPARSEABLE)
     result = worker.process_pending(app, ahead=ahead)
@@ -98,11 +104,7 @@ def test_the_worker_uses_the_helper_and_the_outcome_is_the_same(
 
 @pytest.mark.usefixtures("grouped")
 def test_the_next_pass_is_parsed_ahead_and_no_more(
-        app: App, ahead: ParseAhead, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken: list[tuple[int, bool]] = []
-    take = ParseAhead.take
-    monkeypatch.setattr(ParseAhead, "take", lambda self, i: taken.append(
-        (i, (mail := take(self, i)) is not None)) or mail)
+        app: App, ahead: ParseAhead, taken: list[tuple[int, bool]]) -> None:
     ids = [_store(app, _raw(i)) for i in range(25)]
     assert worker.process_pending(app, limit=10, ahead=ahead).processed == 10
     # The second pass's ten wait in the helper's results; the five after them do not.
